@@ -1,0 +1,174 @@
+"""
+The XML stream this project uses on both ends: Twisted's ``XmlStream`` with
+restricted XML, a stanza size limit, zlib input and a redacted traffic log.
+
+Twisted's parser accepts a DOCTYPE and expands internal entities, and drops
+the connection on malformed XML without telling the peer why. This subclass
+refuses DTDs, entity declarations and processing instructions before the
+first byte is parsed, caps the bytes of one stanza (and of the stream header),
+and answers each violation with the RFC 6120 stream error that names it
+before closing. The failure is dispatched as a
+:class:`~yadiskpush.errors.ProtocolViolation` on ``STREAM_ERROR_EVENT`` so
+the service can log one clear line.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Iterable
+
+from twisted.internet import protocol
+from twisted.python import failure
+from twisted.words.protocols.jabber import error, xmlstream
+from twisted.words.xish import domish
+from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
+
+from yadiskpush.compression import Inflater
+from yadiskpush.errors import ProtocolViolation
+
+_SASL_PAYLOAD = re.compile(
+    rb"(<(?:\w+:)?(?:auth|response|challenge|success)\b[^>]*>)([^<]*)(<)"
+)
+
+
+class RestrictedXML(domish.ParserError):
+    """The peer sent XML that XMPP forbids (a DTD, an entity, a PI)."""
+
+
+class StanzaTooLarge(domish.ParserError):
+    """A stanza (or the stream header) exceeded the size limit."""
+
+
+def _refuse(what: str) -> Callable[..., None]:
+    def handler(*args: object) -> None:
+        raise RestrictedXML(f"{what} are not allowed in XMPP")
+
+    return handler
+
+
+def redactTraffic(data: bytes, secrets: Iterable[bytes] = ()) -> str:
+    """
+    Make raw stream data safe to log: hide SASL payloads and any occurrence
+    of the given secrets (and of their base64 forms, which callers include).
+    """
+    redacted = _SASL_PAYLOAD.sub(rb"\1[redacted]\3", data)
+    for secret in secrets:
+        if secret:
+            redacted = redacted.replace(secret, b"[redacted]")
+    return redacted.decode("utf-8", "replace")
+
+
+class PushXmlStream(xmlstream.XmlStream):
+    """
+    An XMPP stream that refuses hostile input with the proper stream error.
+
+    :ivar maxStanzaSize: bytes one stanza may take before the stream is closed
+        with ``policy-violation``.
+    :ivar inflater: set by compression; incoming data is inflated first.
+    :ivar violation: the :class:`ProtocolViolation` that closed the stream,
+        if any.
+    """
+
+    maxStanzaSize = 1024 * 1024
+    inflater: Inflater | None = None
+    violation: ProtocolViolation | None = None
+    _footerSent = False
+
+    def _initializeStream(self) -> None:
+        xmlstream.XmlStream._initializeStream(self)
+        stream = self.stream
+        stream.maxStanzaSize = self.maxStanzaSize
+        # An element count cap bounds memory on tiny nested elements too.
+        stream.maxElementCount = max(1000, self.maxStanzaSize // 16)
+        parser = stream.parser
+        parser.StartDoctypeDeclHandler = _refuse("document type declarations")
+        parser.EntityDeclHandler = _refuse("entity declarations")
+        parser.ProcessingInstructionHandler = _refuse("processing instructions")
+        parser.CommentHandler = _refuse("comments")
+        # No external or parameter entities, ever.
+        parser.SetParamEntityParsing(0)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.violation is not None:
+            return
+        if self.rawDataInFn:
+            self.rawDataInFn(data)
+        try:
+            if self.inflater is not None:
+                for piece in self.inflater.inflate(data):
+                    if self.stream is None or self.violation is not None:
+                        return
+                    self._parse(piece)
+            else:
+                self._parse(data)
+        except zlib.error as e:
+            self._violate("bad-format", f"corrupt compressed data ({e})")
+        except RestrictedXML as e:
+            self._violate("restricted-xml", str(e))
+        except domish.ParserError as e:
+            text = str(e)
+            if "Maximum" in text:
+                self._violate(
+                    "policy-violation",
+                    f"a stanza exceeded {self.maxStanzaSize} bytes",
+                )
+            else:
+                self._violate("not-well-formed", text or "malformed XML")
+
+    def _parse(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream.parse(data)
+
+    def _violate(self, condition: str, detail: str) -> None:
+        """Answer a protocol violation with a stream error and close."""
+        self.violation = ProtocolViolation(condition, detail)
+        self.dispatch(failure.Failure(self.violation), xmlstream.STREAM_ERROR_EVENT)
+        if self.transport is None:
+            return
+        try:
+            if not self._headerSent and not self.initiating:
+                self.sendHeader()
+            if self._headerSent:
+                self.send(error.StreamError(condition, text=detail).getElement())
+            self.sendFooter()
+        finally:
+            self.transport.loseConnection()
+
+    def sendFooter(self) -> None:
+        """Send ``</stream:stream>`` once, however many paths close."""
+        if not self._footerSent:
+            self._footerSent = True
+            xmlstream.XmlStream.sendFooter(self)
+
+    def reset(self) -> None:
+        self._footerSent = False
+        xmlstream.XmlStream.reset(self)
+
+    def onDocumentEnd(self) -> None:
+        """The peer closed its stream: close ours too, then the connection."""
+        self.sendFooter()
+        self.transport.loseConnection()
+
+
+class PushXmlStreamFactory(XmlStreamFactoryMixin, protocol.Factory):
+    """
+    Builds :class:`PushXmlStream` connections for one authenticator.
+
+    Twisted's ``XmlStreamFactory`` is a ``ReconnectingClientFactory``; here
+    ``ClientService`` owns reconnection, so this is a plain factory.
+    """
+
+    protocol = PushXmlStream
+
+    def __init__(
+        self, authenticator: xmlstream.Authenticator, maxStanzaSize: int
+    ) -> None:
+        XmlStreamFactoryMixin.__init__(self, authenticator)
+        self.authenticator = authenticator
+        self.maxStanzaSize = maxStanzaSize
+
+    def buildProtocol(self, addr: object) -> PushXmlStream:
+        xs = XmlStreamFactoryMixin.buildProtocol(self, addr)
+        xs.maxStanzaSize = self.maxStanzaSize
+        return xs
