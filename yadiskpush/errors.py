@@ -172,3 +172,20 @@ class SubscriptionFailed(YaDiskPushError):
             f"({condition or 'no condition given'}); no pushes will arrive"
         )
         self.condition = condition
+
+
+class ConnectionStalled(YaDiskPushError):
+    """The server stopped answering: the keepalive ping got no reply."""
+
+    def __init__(self, idle: float) -> None:
+        super().__init__(
+            f"the server sent nothing for {idle:g} s, not even a ping answer; "
+            "the connection is dead"
+        )
+
+
+class ConnectionLostError(YaDiskPushError):
+    """An open session ended without a stream error (FIN, RST, TLS close)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the connection was lost ({detail})")

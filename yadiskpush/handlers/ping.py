@@ -1,0 +1,46 @@
+"""Answers the server's XEP-0199 pings."""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.xmlstream import toResponse
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+NS_PING = "urn:xmpp:ping"
+PING_REQUEST = f"/iq[@type='get']/ping[@xmlns='{NS_PING}']"
+
+
+class PingHandler(XMPPHandler):
+    """
+    Answers pings with a result carrying the same ``id``, addressed back to
+    the sender. A copy of ``wokkel.ping.PingHandler``'s behaviour, since that
+    module cannot be imported on current Twisted (see the package docstring).
+
+    The first ping of each session is logged at info level, later ones at
+    debug, so a healthy connection does not fill the log.
+    """
+
+    _log = Logger()
+
+    def __init__(self, log: Logger | None = None) -> None:
+        super().__init__()
+        self.answered = 0
+        if log is not None:
+            self._log = log
+
+    def connectionInitialized(self) -> None:
+        self.answered = 0
+        self.xmlstream.addObserver(PING_REQUEST, self.onPing)
+
+    def onPing(self, iq: domish.Element) -> None:
+        iq.handled = True
+        self.xmlstream.send(toResponse(iq, "result"))
+        self.answered += 1
+        emit = self._log.info if self.answered == 1 else self._log.debug
+        emit(
+            "Answered a ping from {sender} (later pings are logged at debug level)"
+            if self.answered == 1
+            else "Answered a ping from {sender}",
+            sender=iq.getAttribute("from", "the server"),
+        )

@@ -1,0 +1,89 @@
+"""Receives Disk pushes, hands them on, and acknowledges them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber import error as jabberError
+from twisted.words.protocols.jabber.xmlstream import toResponse
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+from yadiskpush.notification import NS_DISK_PUSH, Notification
+
+IQ_SET = "/iq[@type='set']"
+
+NotificationCallback = Callable[[Notification], "defer.Deferred[Any] | None"]
+
+
+class PushHandler(XMPPHandler):
+    """
+    Takes every IQ set carrying a ``yandex:push:disk`` payload, turns it into a
+    :class:`~yadiskpush.notification.Notification`, hands it to
+    ``onNotification`` and only then acknowledges it with a result.
+
+    Notifications are handed on one at a time, in the order they arrived: a
+    callback returning a Deferred holds back the next one until it fires. If
+    the callback fails, the push is answered with ``internal-server-error``
+    instead of a result, so the server does not count it as delivered. If
+    the stream is gone by the time delivery completes, nothing is sent: the
+    push was delivered but not acknowledged, never the reverse.
+
+    Usable on its own in any wokkel ``StreamManager``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        onNotification: NotificationCallback,
+        clock: IReactorTime | None = None,
+        log: Logger | None = None,
+    ) -> None:
+        super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.onNotification = onNotification
+        self.clock = clock
+        self._queue: defer.Deferred[None] = defer.succeed(None)
+        if log is not None:
+            self._log = log
+
+    def connectionInitialized(self) -> None:
+        self.xmlstream.addObserver(IQ_SET, self.onIQSet)
+
+    def onIQSet(self, iq: domish.Element) -> None:
+        if not any(child.uri == NS_DISK_PUSH for child in iq.elements()):
+            return
+        iq.handled = True
+        notification = Notification.fromStanza(iq, self.clock.seconds())
+        xs = self.xmlstream
+
+        def deliver(_: object) -> defer.Deferred[Any]:
+            return defer.maybeDeferred(self.onNotification, notification)
+
+        def acknowledge(_: object) -> None:
+            self._answer(xs, toResponse(iq, "result"))
+
+        def refuse(reason: Failure) -> None:
+            self._log.failure(
+                "Could not deliver push {id}; answering with an error so the "
+                "server does not count it as delivered",
+                reason,
+                id=notification.stanzaId,
+            )
+            self._answer(
+                xs, jabberError.StanzaError("internal-server-error").toResponse(iq)
+            )
+
+        self._queue = self._queue.addCallback(deliver)
+        self._queue.addCallbacks(acknowledge, refuse)
+
+    def _answer(self, xs: Any, response: domish.Element) -> None:
+        if xs is not None and xs.transport is not None and xs.stream is not None:
+            xs.send(response)

@@ -1,0 +1,58 @@
+"""Answers the server's XEP-0092 software version query."""
+
+from __future__ import annotations
+
+import platform
+
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.xmlstream import toResponse
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+NS_VERSION = "jabber:iq:version"
+VERSION_QUERY = f"/iq[@type='get']/query[@xmlns='{NS_VERSION}']"
+
+
+def operatingSystem() -> str:
+    """A short OS description, e.g. ``Linux 6.1.0``."""
+    return " ".join(p for p in (platform.system(), platform.release()) if p)
+
+
+class VersionHandler(XMPPHandler):
+    """
+    Answers ``jabber:iq:version`` gets with name, version and OS.
+
+    Modelled on ``wokkel.generic.VersionHandler``, which leaves out ``<os>``.
+    The vendor asks right after the session opens.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, name: str, version: str, os: str | None = None, log: Logger | None = None
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.version = version
+        self.os = operatingSystem() if os is None else os
+        if log is not None:
+            self._log = log
+
+    def connectionInitialized(self) -> None:
+        self.xmlstream.addObserver(VERSION_QUERY, self.onVersion)
+
+    def onVersion(self, iq: domish.Element) -> None:
+        iq.handled = True
+        response = toResponse(iq, "result")
+        query = response.addElement((NS_VERSION, "query"))
+        query.addElement("name", content=self.name)
+        query.addElement("version", content=self.version)
+        if self.os:
+            query.addElement("os", content=self.os)
+        self.xmlstream.send(response)
+        self._log.info(
+            "Answered the version query from {sender}: {name} {version}",
+            sender=iq.getAttribute("from", "the server"),
+            name=self.name,
+            version=self.version,
+        )

@@ -1,0 +1,204 @@
+"""
+The twistd tap module: command-line options and ``makeService``.
+
+All validation happens in :meth:`Options.postOptions`, so every mistake is a
+one-line usage error before anything starts; ``makeService`` only assembles.
+There is deliberately no option that takes the token itself: a process's
+arguments are readable by every user of the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+from yadiskpush.errors import ConfigurationError
+from yadiskpush.secret import TOKEN_ENVIRONMENT_VARIABLE, Secret
+from yadiskpush.settings import (
+    DEFAULT_DOMAIN,
+    DEFAULT_HOST,
+    DEFAULT_MAX_STANZA_SIZE,
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    Settings,
+)
+
+
+def _positiveSeconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError("must be a positive number of seconds")
+    return seconds
+
+
+_positiveSeconds.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+
+
+def _tlsPortCoerce(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number (0 to 65535)")
+    return port
+
+
+_tlsPortCoerce.coerceDoc = "0 disables the fallback."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    """``twistd yadiskpush`` options."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Connects to the Yandex.Disk push server (XMPP) and reports every change "
+        "on the Disk. The OAuth token is read from --token-file or from the "
+        f"environment variable {TOKEN_ENVIRONMENT_VARIABLE}; it is never taken "
+        "on the command line. --demo runs the whole sequence against a local "
+        "server started in the same process, with no account needed."
+    )
+
+    optParameters = [
+        ["login", "l", None, "Yandex login, without a domain (e.g. test)."],
+        [
+            "token-file",
+            "t",
+            None,
+            "File whose first line is the OAuth token "
+            f"(else ${TOKEN_ENVIRONMENT_VARIABLE}).",
+        ],
+        [
+            "host",
+            None,
+            DEFAULT_HOST,
+            "Host to connect to; its certificate must name it.",
+        ],
+        ["port", None, DEFAULT_PORT, "STARTTLS port.", usage.portCoerce],
+        [
+            "tls-port",
+            None,
+            DEFAULT_TLS_PORT,
+            "Direct-TLS port tried when --port cannot be reached.",
+            _tlsPortCoerce,
+        ],
+        ["domain", None, DEFAULT_DOMAIN, "XMPP domain (the JID's host)."],
+        [
+            "resource",
+            None,
+            None,
+            "Resource to bind (default: yadiskpush-<random>, unique per process).",
+        ],
+        ["ca-file", None, None, "PEM file of CAs to trust instead of the system's."],
+        [
+            "json-out",
+            None,
+            None,
+            "Append each notification as one JSON line to this file ('-': stdout).",
+        ],
+        [
+            "exec",
+            None,
+            None,
+            "Shell command run on notifications (JSON on stdin); one run at a time, "
+            "changes during a run coalesced into one more run.",
+        ],
+        [
+            "exec-timeout",
+            None,
+            300.0,
+            "Kill an --exec run after this many seconds.",
+            _positiveSeconds,
+        ],
+        [
+            "idle-timeout",
+            None,
+            90.0,
+            "Ping the server after this many seconds of silence.",
+            _positiveSeconds,
+        ],
+        [
+            "ping-timeout",
+            None,
+            20.0,
+            "Reconnect if that ping gets no answer within this many seconds.",
+            _positiveSeconds,
+        ],
+        [
+            "max-stanza-size",
+            None,
+            DEFAULT_MAX_STANZA_SIZE,
+            "Largest stanza accepted from the server, in bytes.",
+            int,
+        ],
+    ]
+
+    optFlags = [
+        ["compress", None, "Request zlib stream compression (XEP-0138) if offered."],
+        ["demo", None, "Run against a local demo server started in this process."],
+        ["log-traffic", None, "Log the raw XML traffic (the token is redacted)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: Settings | None = None
+        self.warnings: list[str] = []
+        self.environ: dict[str, str] = dict(os.environ)
+
+    def postOptions(self) -> None:
+        """Build the :class:`Settings`, or fail with one clear sentence."""
+        if self["demo"]:
+            return
+        try:
+            self.settings = self._buildSettings()
+        except ConfigurationError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _buildSettings(self) -> Settings:
+        if not self["login"]:
+            raise ConfigurationError("--login is required (your Yandex login)")
+        if self["token-file"]:
+            token, self.warnings = Secret.fromFile(self["token-file"])
+        else:
+            fromEnvironment = Secret.fromEnvironment(self.environ)
+            if fromEnvironment is None:
+                raise ConfigurationError(
+                    "no OAuth token: give --token-file PATH or set "
+                    f"{TOKEN_ENVIRONMENT_VARIABLE}"
+                )
+            token = fromEnvironment
+        if self["ca-file"] and not os.access(self["ca-file"], os.R_OK):
+            raise ConfigurationError(f"cannot read the CA file {self['ca-file']}")
+        extra: dict[str, Any] = {}
+        if self["resource"]:
+            extra["resource"] = self["resource"]
+        return Settings(
+            login=self["login"],
+            token=token,
+            host=self["host"],
+            port=self["port"],
+            tlsPort=self["tls-port"],
+            domain=self["domain"],
+            caFile=self["ca-file"],
+            compress=bool(self["compress"]),
+            idleTimeout=self["idle-timeout"],
+            pingTimeout=self["ping-timeout"],
+            maxStanzaSize=self["max-stanza-size"],
+            logTraffic=bool(self["log-traffic"]),
+            **extra,
+        )
+
+
+def makeService(options: Options) -> service.IService:
+    """Assemble the services for ``twistd yadiskpush``; nothing fails here."""
+    from twisted.internet import reactor
+
+    from yadiskpush.service import PushService
+
+    top = service.MultiService()
+    settings = options.settings
+    assert settings is not None
+    push = PushService(settings, reactor=reactor)
+    push.whenGaveUp().addCallback(lambda _: reactor.stop())
+    push.setServiceParent(top)
+    return top

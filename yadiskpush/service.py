@@ -1,0 +1,338 @@
+"""
+The public service: one account's push connection, from start to clean stop.
+
+:class:`PushService` is what an application adds to its ``Application`` or
+``MultiService`` (the twistd plugin does exactly that). Inside, Twisted's
+``ClientService`` owns the connection and its reconnects, behind the
+STARTTLS/direct-TLS :class:`~yadiskpush.endpoints.FallbackEndpoint`; wokkel's
+``StreamManager`` routes stanzas to the handlers.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.jid import JID
+from wokkel.generic import FallbackHandler
+from wokkel.subprotocols import StreamManager, XMPPHandler
+
+from yadiskpush.authenticator import YandexAuthenticator, makeClientFactory
+from yadiskpush.compression import COMPRESSION_STARTED_EVENT
+from yadiskpush.endpoints import FallbackEndpoint, tlsOptionsFor
+from yadiskpush.errors import (
+    ConnectionLostError,
+    StartTLSNotOffered,
+    YaDiskPushError,
+)
+from yadiskpush.handlers.keepalive import KeepaliveHandler
+from yadiskpush.handlers.ping import PingHandler
+from yadiskpush.handlers.push import PushHandler
+from yadiskpush.handlers.subscription import SubscriptionHandler
+from yadiskpush.handlers.version import VersionHandler
+from yadiskpush.notification import Notification
+from yadiskpush.sasl import oauthPayload
+from yadiskpush.settings import Settings
+from yadiskpush.stream import PushXmlStream, redactTraffic
+
+NotificationObserver = Callable[[Notification], "defer.Deferred[Any] | None"]
+
+# A session that stayed up this long resets the reconnect backoff.
+HEALTHY_SESSION_SECONDS = 60.0
+
+
+class PushService(service.Service):
+    """
+    Holds one account's connection to the push server and hands every Disk
+    notification to the observers.
+
+    Receive notifications either by :meth:`addNotificationObserver` or by
+    overriding :meth:`notificationReceived`. A push is acknowledged to the
+    server only after the observers have taken it (a returned Deferred is
+    waited for), one notification at a time, in order.
+
+    Failures are logged as one line each. A rejected token is fatal: the
+    service stops connecting and :meth:`whenGaveUp` fires. Anything else
+    (network, TLS, stream errors, a dead link) leads to a reconnect with
+    exponential backoff and jitter.
+
+    :param settings: the account and connection settings.
+    :param reactor: the reactor (and clock) to use; the global one if omitted.
+    :raises yadiskpush.errors.ConfigurationError: if the CA file is unusable.
+    """
+
+    def __init__(self, settings: Settings, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        from yadiskpush import __version__
+
+        self.settings = settings
+        self.reactor = reactor
+        self.log = Logger(namespace=f"yadiskpush.account.{settings.login}")
+        self.setName(f"yadiskpush-{settings.login}")
+        self._observers: list[NotificationObserver] = []
+        self._readyWaiters: list[defer.Deferred[JID]] = []
+        self._failureWaiters: list[defer.Deferred[YaDiskPushError]] = []
+        self._gaveUpWaiters: list[defer.Deferred[YaDiskPushError]] = []
+        self._closedWaiters: list[defer.Deferred[None]] = []
+        self.gaveUp: YaDiskPushError | None = None
+        self.ready = False
+        self._stopping = False
+        self._failedSessions = 0
+        self._sessionStartedAt: float | None = None
+        self._backoff = backoffPolicy(initialDelay=1.0, maxDelay=300.0, factor=2.0)
+
+        tlsOptions = tlsOptionsFor(settings)
+        self.authenticator = YandexAuthenticator(
+            settings, tlsOptions, reactor, log=self.log
+        )
+        self.authenticator.onFailure = self._attemptFailed
+        self.factory = makeClientFactory(self.authenticator)
+        self.factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, self._connected)
+        self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._sessionOpened)
+        self.factory.addBootstrap(xmlstream.STREAM_END_EVENT, self._disconnected)
+        self.streamManager = StreamManager(self.factory, reactor)
+
+        for handler in (
+            VersionHandler("yadiskpush", __version__, log=self.log),
+            PingHandler(log=self.log),
+            SubscriptionHandler(
+                lambda: self.authenticator.jid.userhost(),
+                self._subscribed,
+                self._sessionBroken,
+                reactor,
+                log=self.log,
+            ),
+            PushHandler(self.notificationReceived, clock=reactor, log=self.log),
+            KeepaliveHandler(
+                lambda: self.settings.domain,
+                self._sessionBroken,
+                reactor,
+                settings.idleTimeout,
+                settings.pingTimeout,
+                log=self.log,
+            ),
+            FallbackHandler(),
+        ):
+            handler.setHandlerParent(self.streamManager)
+
+        self.endpoint = FallbackEndpoint(reactor, settings, tlsOptions, log=self.log)
+        self.endpoint.onConnectFailed = self._attemptFailed
+        self.clientService = ClientService(
+            self.endpoint, self.factory, retryPolicy=self._retryDelay, clock=reactor
+        )
+
+    # -- public API -------------------------------------------------------
+
+    def addNotificationObserver(self, observer: NotificationObserver) -> None:
+        """Call ``observer(notification)`` for every push, in order."""
+        self._observers.append(observer)
+
+    def removeNotificationObserver(self, observer: NotificationObserver) -> None:
+        self._observers.remove(observer)
+
+    def addHandler(self, handler: XMPPHandler) -> None:
+        """Add a wokkel handler of your own to this connection's stream."""
+        handler.setHandlerParent(self.streamManager)
+
+    def notificationReceived(self, notification: Notification) -> defer.Deferred[Any]:
+        """
+        Hand one notification to every observer; the push is acknowledged
+        when the returned Deferred fires, and refused if it fails.
+        Override to receive notifications in a subclass.
+        """
+        results = [defer.maybeDeferred(o, notification) for o in list(self._observers)]
+        if not self._observers:
+            self.log.info("{summary}", summary=notification.summary())
+        return defer.gatherResults(results, consumeErrors=True)
+
+    @property
+    def jid(self) -> JID:
+        """The JID of the current session (the one the server assigned)."""
+        return self.authenticator.jid
+
+    def whenReady(self) -> defer.Deferred[JID]:
+        """Fire with the JID once a session is open and subscribed (now, if so)."""
+        if self.ready:
+            return defer.succeed(self.jid)
+        d: defer.Deferred[JID] = defer.Deferred()
+        self._readyWaiters.append(d)
+        return d
+
+    def whenConnectionFailed(self) -> defer.Deferred[YaDiskPushError]:
+        """Fire with the error that ends the next failed attempt or session."""
+        d: defer.Deferred[YaDiskPushError] = defer.Deferred()
+        self._failureWaiters.append(d)
+        return d
+
+    def whenGaveUp(self) -> defer.Deferred[YaDiskPushError]:
+        """Fire with the fatal error once the service stops trying for good."""
+        if self.gaveUp is not None:
+            return defer.succeed(self.gaveUp)
+        d: defer.Deferred[YaDiskPushError] = defer.Deferred()
+        self._gaveUpWaiters.append(d)
+        return d
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._stopping = False
+        self.log.info(
+            "Starting push client for {login} ({host}, XMPP domain {domain})",
+            login=self.settings.login,
+            host=self.settings.host,
+            domain=self.settings.domain,
+        )
+        self.clientService.startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Close cleanly: send ``</stream:stream>``, wait up to ``closeTimeout``
+        for the server to close, then drop the connection and stop.
+        """
+        service.Service.stopService(self)
+        self._stopping = True
+        d = self._closeStream()
+        d.addCallback(lambda _: self.clientService.stopService())
+        d.addCallback(lambda _: self.log.info("Push client stopped"))
+        return d
+
+    # -- connection life cycle -------------------------------------------
+
+    def _closeStream(self) -> defer.Deferred[None]:
+        xs: PushXmlStream | None = self.streamManager.xmlstream
+        if xs is None or xs.transport is None:
+            return defer.succeed(None)
+        self.log.info("Closing the stream")
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._closedWaiters.append(closed)
+        transport = xs.transport
+        xs.sendFooter()
+        timer: IDelayedCall = self.reactor.callLater(
+            self.settings.closeTimeout, _abort, transport
+        )
+
+        def cancelTimer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        closed.addCallback(cancelTimer)
+        return closed
+
+    def _connected(self, xs: PushXmlStream) -> None:
+        self.ready = False
+        if self.settings.logTraffic:
+            secrets = _secretForms(self.settings)
+
+            def logIn(data: bytes) -> None:
+                self.log.debug("RECV {data}", data=redactTraffic(data, secrets))
+
+            def logOut(data: bytes) -> None:
+                self.log.debug("SEND {data}", data=redactTraffic(data, secrets))
+
+            xs.rawDataInFn = logIn
+            xs.rawDataOutFn = logOut
+        xs.addObserver(
+            COMPRESSION_STARTED_EVENT,
+            lambda _: self.log.info("Compression enabled (zlib)"),
+        )
+
+    def _sessionOpened(self, xs: PushXmlStream) -> None:
+        self._sessionStartedAt = self.reactor.seconds()
+        self.log.info("Session open as {jid}", jid=self.jid.full())
+
+    def _subscribed(self) -> None:
+        self.ready = True
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.callback(self.jid)
+
+    def _sessionBroken(self, reason: YaDiskPushError) -> None:
+        """An open session cannot go on (no subscription, dead link)."""
+        self.authenticator.fail(reason)
+        xs = self.streamManager.xmlstream
+        if xs is not None and xs.transport is not None:
+            _abort(xs.transport)
+
+    def _attemptFailed(self, reason: YaDiskPushError) -> None:
+        if isinstance(reason, StartTLSNotOffered) and self.settings.tlsPort:
+            self.endpoint.preferDirectTLS = True
+        if reason.fatal:
+            self.log.error("{message}", message=reason.message)
+            self._giveUp(reason)
+        elif not self._stopping:
+            self.log.warn("{message}", message=reason.message)
+        waiters, self._failureWaiters = self._failureWaiters, []
+        for d in waiters:
+            d.callback(reason)
+
+    def _disconnected(self, reason: Failure) -> None:
+        wasReady = self.ready
+        self.ready = False
+        startedAt, self._sessionStartedAt = self._sessionStartedAt, None
+        if (
+            startedAt is not None
+            and self.reactor.seconds() - startedAt >= HEALTHY_SESSION_SECONDS
+        ):
+            self._failedSessions = 0
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for d in waiters:
+            d.callback(None)
+        if self._stopping or self.gaveUp is not None:
+            return
+        if startedAt is not None and self.authenticator.failureReason is None:
+            self._attemptFailed(ConnectionLostError(_lossDetail(reason, wasReady)))
+
+    def _giveUp(self, reason: YaDiskPushError) -> None:
+        if self.gaveUp is not None:
+            return
+        self.gaveUp = reason
+        self.log.error("Giving up; the client will not reconnect")
+        self.clientService.stopService()
+        waiters, self._gaveUpWaiters = self._gaveUpWaiters, []
+        for d in waiters:
+            d.callback(reason)
+
+    def _retryDelay(self, attempt: int) -> float:
+        # ClientService resets its own count on every TCP connect, so a server
+        # that accepts TCP and then fails the handshake would be retried at
+        # full speed; count failed sessions here instead.
+        self._failedSessions += 1
+        delay = self._backoff(self._failedSessions)
+        if not self._stopping and self.gaveUp is None:
+            self.log.info(
+                "Reconnecting in {delay:.1f} s (attempt {attempt})",
+                delay=delay,
+                attempt=self._failedSessions,
+            )
+        return delay
+
+
+def _lossDetail(reason: Failure, subscribed: bool) -> str:
+    if reason.check(ConnectionDone):
+        detail = "the server closed the connection"
+    else:
+        detail = str(reason.value) or type(reason.value).__name__
+    return detail if subscribed else detail + ", before the subscription was answered"
+
+
+def _abort(transport: Any) -> None:
+    abort = getattr(transport, "abortConnection", None)
+    (abort or transport.loseConnection)()
+
+
+def _secretForms(settings: Settings) -> list[bytes]:
+    """The token as it could appear on the wire: plain and in the SASL payload."""
+    token = settings.token.reveal().encode("utf-8")
+    payload = oauthPayload(settings.login, settings.token)
+    return [token, base64.b64encode(payload), base64.b64encode(token)]
