@@ -117,8 +117,15 @@ class PushXmlStream(xmlstream.XmlStream):
                 self._violate("not-well-formed", text or "malformed XML")
 
     def _parse(self, data: bytes) -> None:
-        if self.stream is not None:
-            self.stream.parse(data)
+        # Twisted checks the size only after each parse() call and resets the
+        # count whenever a stanza ends, so one large read holding a whole
+        # oversized stanza would pass. Feeding slices bounds the overshoot to
+        # one slice (1/16 of the limit).
+        step = max(256, min(64 * 1024, self.maxStanzaSize // 16))
+        for start in range(0, len(data), step):
+            if self.stream is None or self.violation is not None:
+                return
+            self.stream.parse(data[start : start + step])
 
     def _violate(self, condition: str, detail: str) -> None:
         """Answer a protocol violation with a stream error and close."""
