@@ -40,9 +40,7 @@ def transportIsEncrypted(transport: Any) -> bool:
     from twisted.internet.interfaces import ISSLTransport
 
     inner = getattr(transport, "wrappedTransport", transport)
-    return isinstance(inner, TLSMemoryBIOProtocol) or ISSLTransport in providedBy(
-        inner
-    )
+    return isinstance(inner, TLSMemoryBIOProtocol) or ISSLTransport in providedBy(inner)
 
 
 class RequiredTLSInitializer(xmlstream.TLSInitiatingInitializer):

@@ -97,8 +97,7 @@ def startCompression(xs: xmlstream.XmlStream) -> None:
 def offersZlib(feature: domish.Element) -> bool:
     """Whether a ``<compression/>`` stream feature lists the zlib method."""
     return any(
-        e.name == "method" and str(e).strip() == ZLIB_METHOD
-        for e in feature.elements()
+        e.name == "method" and str(e).strip() == ZLIB_METHOD for e in feature.elements()
     )
 
 

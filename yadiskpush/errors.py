@@ -80,9 +80,7 @@ class InsecureAuthenticationRefused(YaDiskPushError):
     """A guard: authentication was about to happen on an unencrypted stream."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "refusing to authenticate: the connection is not encrypted"
-        )
+        super().__init__("refusing to authenticate: the connection is not encrypted")
 
 
 class AuthenticationFailed(YaDiskPushError):

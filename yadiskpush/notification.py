@@ -107,9 +107,7 @@ class Notification:
 
         :raises ValueError: if the stanza has no such payload.
         """
-        payload = next(
-            (e for e in iq.elements() if e.uri == NS_DISK_PUSH), None
-        )
+        payload = next((e for e in iq.elements() if e.uri == NS_DISK_PUSH), None)
         if payload is None:
             raise ValueError("the stanza carries no yandex:push:disk payload")
         return cls(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.words.protocols.jabber import sasl
-from twisted.words.protocols.jabber.ijabber import ISASLMechanism
+from twisted.words.protocols.jabber.sasl_mechanisms import ISASLMechanism
 from twisted.words.xish import domish
 from zope.interface import implementer
 

@@ -90,7 +90,9 @@ class Secret:
     @classmethod
     def fromEnvironment(cls, environ: dict[str, str] | None = None) -> Secret | None:
         """Return the token from ``YADISKPUSH_TOKEN``, or ``None`` if unset."""
-        value = (os.environ if environ is None else environ).get(
-            TOKEN_ENVIRONMENT_VARIABLE, ""
-        ).strip()
+        value = (
+            (os.environ if environ is None else environ)
+            .get(TOKEN_ENVIRONMENT_VARIABLE, "")
+            .strip()
+        )
         return cls(value) if value else None

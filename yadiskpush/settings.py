@@ -77,8 +77,10 @@ class Settings:
     pingTimeout: float = 20.0
 
     def __post_init__(self) -> None:
-        if not self.login or "@" in self.login or any(
-            c.isspace() or c == "\0" for c in self.login
+        if (
+            not self.login
+            or "@" in self.login
+            or any(c.isspace() or c == "\0" for c in self.login)
         ):
             raise ConfigurationError(
                 f"invalid login {self.login!r}: give the Yandex login without "
