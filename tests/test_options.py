@@ -1,0 +1,126 @@
+"""Tests for yadiskpush.options: every mistake is a one-line usage error."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from yadiskpush.options import Options
+
+TOKEN = "AQAAAAA-secret-token"
+
+
+def parse(*argv: str, environ: dict[str, str] | None = None) -> Options:
+    options = Options()
+    options.environ = environ or {}
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def tokenFile(self, mode: int = 0o600) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(path, mode)
+        return path
+
+    def assertUsageError(self, fragment: str, *argv: str, **kw: object) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(*argv, **kw)  # type: ignore[arg-type]
+        message = str(caught.exception)
+        self.assertIn(fragment, message)
+        self.assertNotIn("\n", message)
+        self.assertNotIn(TOKEN, message)
+
+    def test_defaults(self) -> None:
+        """The defaults are the vendor's host, ports and domain."""
+        settings = parse("--login", "test", "--token-file", self.tokenFile()).settings
+        assert settings is not None
+        self.assertEqual(
+            (settings.host, settings.port, settings.tlsPort, settings.domain),
+            ("push.xmpp.yandex.ru", 5222, 443, "ya.ru"),
+        )
+        self.assertEqual(settings.token.reveal(), TOKEN)
+        self.assertTrue(settings.resource.startswith("yadiskpush-"))
+        self.assertFalse(settings.compress)
+
+    def test_everyOption(self) -> None:
+        """Each option reaches the settings."""
+        settings = parse(
+            "--login=test",
+            f"--token-file={self.tokenFile()}",
+            "--host=example.net",
+            "--port=15222",
+            "--tls-port=0",
+            "--domain=example.org",
+            "--resource=laptop",
+            "--compress",
+        ).settings
+        assert settings is not None
+        self.assertEqual(
+            (
+                settings.host,
+                settings.port,
+                settings.tlsPort,
+                settings.domain,
+                settings.resource,
+                settings.compress,
+            ),
+            ("example.net", 15222, 0, "example.org", "laptop", True),
+        )
+
+    def test_tokenFromEnvironment(self) -> None:
+        """Without --token-file the token comes from YADISKPUSH_TOKEN."""
+        settings = parse(
+            "--login", "test", environ={"YADISKPUSH_TOKEN": TOKEN}
+        ).settings
+        assert settings is not None
+        self.assertEqual(settings.token.reveal(), TOKEN)
+
+    def test_missingLogin(self) -> None:
+        """No --login is a usage error."""
+        self.assertUsageError("--login", environ={"YADISKPUSH_TOKEN": TOKEN})
+
+    def test_missingToken(self) -> None:
+        """No token anywhere is a usage error naming both ways to give one."""
+        self.assertUsageError("YADISKPUSH_TOKEN", "--login", "test")
+
+    def test_unreadableTokenFile(self) -> None:
+        """A token file that cannot be read is a usage error naming it."""
+        self.assertUsageError(
+            "/no/such/file", "--login", "t", "--token-file", "/no/such/file"
+        )
+
+    def test_badPort(self) -> None:
+        """A port out of range is a usage error."""
+        for argv in (["--port", "70000"], ["--port", "x"], ["--tls-port", "-1"]):
+            with self.assertRaises(usage.UsageError):
+                parse("--login", "t", *argv, environ={"YADISKPUSH_TOKEN": TOKEN})
+
+    def test_portZeroRefused(self) -> None:
+        """Port 0 is fine for --tls-port (no fallback) but not for --port."""
+        self.assertUsageError(
+            "port", "--login", "t", "--port", "0", environ={"YADISKPUSH_TOKEN": TOKEN}
+        )
+
+    def test_loginWithDomain(self) -> None:
+        """A login given as an address is refused with a hint."""
+        self.assertUsageError(
+            "without a domain",
+            "--login",
+            "test@ya.ru",
+            environ={"YADISKPUSH_TOKEN": TOKEN},
+        )
+
+    def test_worldReadableTokenFileWarns(self) -> None:
+        """A token file readable by others is accepted with a warning."""
+        options = parse("--login", "t", "--token-file", self.tokenFile(0o644))
+        self.assertEqual(len(options.warnings), 1)
+
+    def test_noTokenOption(self) -> None:
+        """There is no option that takes the token itself."""
+        with self.assertRaises(usage.UsageError):
+            parse("--login", "t", "--token", TOKEN)
