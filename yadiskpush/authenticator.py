@@ -57,6 +57,8 @@ class RequiredTLSInitializer(xmlstream.TLSInitiatingInitializer):
         if self.feature not in self.xmlstream.features:
             raise StartTLSNotOffered(authenticator.host, authenticator.connectedPort)
         authenticator.step = "STARTTLS"
+        # The options for the host actually dialled (it may be a redirect).
+        self._configurationForTLS = authenticator.tlsOptions
         return self.start()
 
     def onProceed(self, obj: object) -> None:
@@ -115,6 +117,7 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         self.step = "connecting"
         self.connectedPort = settings.port
         self.failureReason: YaDiskPushError | None = None
+        self.redirectTarget: str | None = None
         self.sessionOpen = False
         self._handshakeTimer: IDelayedCall | None = None
         self.onFailure: Callable[[YaDiskPushError], None] | None = None
@@ -137,11 +140,15 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         xs.addObserver(xmlstream.STREAM_ERROR_EVENT, self._streamError)
         xs.addObserver(xmlstream.STREAM_AUTHD_EVENT, self._sessionOpened)
         xs.addObserver(xmlstream.STREAM_END_EVENT, self._connectionEnded)
+        xs.addObserver(
+            f"/error[@xmlns='{xmlstream.NS_STREAMS}']", self._readRedirect, 1
+        )
 
     def connectionMade(self) -> None:
         xs = self.xmlstream
         self.encrypted = transportIsEncrypted(xs.transport)
         self.failureReason = None
+        self.redirectTarget = None
         self.sessionOpen = False
         self.jid = JID(
             tuple=(self.settings.login, self.settings.domain, self.settings.resource)
@@ -182,6 +189,16 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
             self.failureReason = describeFailure(reason, self.host, self.step)
             if self.onFailure is not None:
                 self.onFailure(self.failureReason)
+
+    def _readRedirect(self, element: Any) -> None:
+        """
+        Keep the target of ``see-other-host`` (Twisted's StreamError drops
+        the element's content). Honoured only over TLS: before that, anyone
+        on the path could send us elsewhere.
+        """
+        for child in element.elements():
+            if child.name == "see-other-host" and self.encrypted:
+                self.redirectTarget = str(child).strip() or None
 
     def _sessionOpened(self, xs: PushXmlStream) -> None:
         self._cancelHandshakeTimer()

@@ -69,12 +69,14 @@ def loadTrustRoot(caFile: str | None) -> Any:
     return trustRootFromCertificates(certificates)
 
 
-def tlsOptionsFor(settings: Settings) -> Any:
+def tlsOptionsFor(settings: Settings, host: str | None = None) -> Any:
     """
     TLS client options that verify the certificate against the host dialled
     (not the XMPP domain, which differs: ``push.xmpp.yandex.ru`` vs ``ya.ru``).
     """
-    return optionsForClientTLS(settings.host, trustRoot=loadTrustRoot(settings.caFile))
+    return optionsForClientTLS(
+        host or settings.host, trustRoot=loadTrustRoot(settings.caFile)
+    )
 
 
 @implementer(IStreamClientEndpoint)
@@ -105,19 +107,38 @@ class FallbackEndpoint:
         self.lastMode: str | None = None
         self.preferDirectTLS = False
         self.onConnectFailed: Callable[[ConnectFailed], None] | None = None
+        self._redirect: tuple[str, int, Any] | None = None
+        self.connectedHost = self.host
+        self.connectedTLSOptions = tlsOptions
         if log is not None:
             self._log = log
 
-    def _plain(self, port: int) -> HostnameEndpoint:
+    def redirect(self, host: str, port: int, tlsOptions: Any) -> None:
+        """
+        Make the next connection (only) go to ``host:port`` with STARTTLS,
+        for a server's ``see-other-host``; the certificate is then checked
+        against ``host`` by ``tlsOptions``.
+        """
+        self._redirect = (host, port, tlsOptions)
+
+    def _plain(self, port: int, host: str | None = None) -> HostnameEndpoint:
         return HostnameEndpoint(
-            self.reactor, self.host, port, timeout=self.connectTimeout
+            self.reactor, host or self.host, port, timeout=self.connectTimeout
         )
 
-    def _attempts(self) -> list[tuple[str, int, Any]]:
-        attempts = [(STARTTLS, self.port, self._plain(self.port))]
+    def _attempts(self) -> list[tuple[str, str, int, Any, Any]]:
+        if self._redirect is not None:
+            host, port, options = self._redirect
+            self._redirect = None
+            return [(STARTTLS, host, port, self._plain(port, host), options)]
+        attempts = [
+            (STARTTLS, self.host, self.port, self._plain(self.port), self.tlsOptions)
+        ]
         if self.tlsPort:
             direct = wrapClientTLS(self.tlsOptions, self._plain(self.tlsPort))
-            attempts.append((DIRECT_TLS, self.tlsPort, direct))
+            attempts.append(
+                (DIRECT_TLS, self.host, self.tlsPort, direct, self.tlsOptions)
+            )
             if self.preferDirectTLS:
                 attempts.reverse()
         return attempts
@@ -131,10 +152,10 @@ class FallbackEndpoint:
         :raises ConnectFailed: naming every port tried and why it failed.
         """
         problems = []
-        for mode, port, endpoint in self._attempts():
+        for mode, host, port, endpoint, options in self._attempts():
             self._log.info(
                 "Connecting to {host}:{port} ({mode})",
-                host=self.host,
+                host=host,
                 port=port,
                 mode=mode,
             )
@@ -144,30 +165,29 @@ class FallbackEndpoint:
                 reason = _describeConnectError(e)
                 self._log.warn(
                     "Cannot reach {host}:{port}: {reason}",
-                    host=self.host,
+                    host=host,
                     port=port,
                     reason=reason,
                 )
-                problems.append(f"{port}: {reason}")
+                problems.append(f"{host}:{port}: {reason}")
                 continue
             except netError.DNSLookupError:
                 raise self._failed(
-                    ConnectFailed(f"cannot resolve the host name {self.host!r}")
+                    ConnectFailed(f"cannot resolve the host name {host!r}")
                 ) from None
             self._log.info(
                 "Connected to {host}:{port} ({mode})",
-                host=self.host,
+                host=host,
                 port=port,
                 mode=mode,
             )
-            self.lastMode = mode
-            self.preferDirectTLS = mode == DIRECT_TLS
+            self.connectedHost = host
+            self.connectedTLSOptions = options
+            if host == self.host:
+                self.lastMode = mode
+                self.preferDirectTLS = mode == DIRECT_TLS
             return protocol
-        raise self._failed(
-            ConnectFailed(
-                f"cannot reach {self.host} on any port ({'; '.join(problems)})"
-            )
-        )
+        raise self._failed(ConnectFailed(f"cannot connect ({'; '.join(problems)})"))
 
     def _failed(self, reason: ConnectFailed) -> ConnectFailed:
         if self.onConnectFailed is not None:

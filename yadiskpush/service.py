@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
@@ -30,8 +30,10 @@ from yadiskpush.authenticator import YandexAuthenticator, makeClientFactory
 from yadiskpush.compression import COMPRESSION_STARTED_EVENT
 from yadiskpush.endpoints import FallbackEndpoint, tlsOptionsFor
 from yadiskpush.errors import (
+    ConfigurationError,
     ConnectionLostError,
     StartTLSNotOffered,
+    StreamErrorReceived,
     YaDiskPushError,
 )
 from yadiskpush.handlers.keepalive import KeepaliveHandler
@@ -40,14 +42,12 @@ from yadiskpush.handlers.push import PushHandler
 from yadiskpush.handlers.subscription import SubscriptionHandler
 from yadiskpush.handlers.version import VersionHandler
 from yadiskpush.notification import Notification
+from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.sasl import oauthPayload
 from yadiskpush.settings import Settings
 from yadiskpush.stream import PushXmlStream, redactTraffic
 
 NotificationObserver = Callable[[Notification], "defer.Deferred[Any] | None"]
-
-# A session that stayed up this long resets the reconnect backoff.
-HEALTHY_SESSION_SECONDS = 60.0
 
 
 class PushService(service.Service):
@@ -89,9 +89,8 @@ class PushService(service.Service):
         self.gaveUp: YaDiskPushError | None = None
         self.ready = False
         self._stopping = False
-        self._failedSessions = 0
         self._sessionStartedAt: float | None = None
-        self._backoff = backoffPolicy(initialDelay=1.0, maxDelay=300.0, factor=2.0)
+        self.reconnectPolicy = ReconnectPolicy()
 
         tlsOptions = tlsOptionsFor(settings)
         self.authenticator = YandexAuthenticator(
@@ -231,6 +230,9 @@ class PushService(service.Service):
 
     def _connected(self, xs: PushXmlStream) -> None:
         self.ready = False
+        # The host actually dialled (a see-other-host redirect may differ).
+        self.authenticator.host = self.endpoint.connectedHost
+        self.authenticator.tlsOptions = self.endpoint.connectedTLSOptions
         if self.settings.logTraffic:
             secrets = _secretForms(self.settings)
 
@@ -267,6 +269,9 @@ class PushService(service.Service):
     def _attemptFailed(self, reason: YaDiskPushError) -> None:
         if isinstance(reason, StartTLSNotOffered) and self.settings.tlsPort:
             self.endpoint.preferDirectTLS = True
+        self.reconnectPolicy.recordFailure(reason)
+        if isinstance(reason, StreamErrorReceived):
+            reason = self._streamErrorTreatment(reason)
         if reason.fatal:
             self.log.error("{message}", message=reason.message)
             self._giveUp(reason)
@@ -276,15 +281,53 @@ class PushService(service.Service):
         for d in waiters:
             d.callback(reason)
 
+    def _streamErrorTreatment(self, reason: StreamErrorReceived) -> YaDiskPushError:
+        """
+        The right response to each stream error (see the troubleshooting
+        page): some are fatal, one is a redirect, the rest reconnect later.
+        """
+        condition = reason.condition
+        if condition == "conflict":
+            if self.reconnectPolicy.conflictsExhausted:
+                return ConfigurationError(
+                    "another client keeps taking over the resource "
+                    f"{self.settings.resource!r} of this login; stopping so the two "
+                    "do not fight over it (give each client its own --resource)"
+                )
+            return StreamErrorReceived(
+                condition,
+                "another client connected with the same resource "
+                f"{self.settings.resource!r}; reconnecting in a minute",
+            )
+        if condition == "see-other-host":
+            target = self.authenticator.redirectTarget
+            if target:
+                host, port = _splitHostPort(target, self.settings.port)
+                self.endpoint.redirect(
+                    host, port, tlsOptionsFor(self.settings, host=host)
+                )
+                self.reconnectPolicy.recordRedirect()
+                return StreamErrorReceived(
+                    condition, f"the server redirects to {host}:{port}"
+                )
+        if condition in ("host-unknown", "host-gone"):
+            return ConfigurationError(
+                f"the server does not serve the XMPP domain {self.settings.domain!r}"
+                f" ({condition}); check --domain"
+            )
+        if condition == "system-shutdown":
+            return StreamErrorReceived(
+                condition, "the server is shutting down; reconnecting"
+            )
+        return reason
+
     def _disconnected(self, reason: Failure) -> None:
         wasReady = self.ready
         self.ready = False
         startedAt, self._sessionStartedAt = self._sessionStartedAt, None
-        if (
-            startedAt is not None
-            and self.reactor.seconds() - startedAt >= HEALTHY_SESSION_SECONDS
-        ):
-            self._failedSessions = 0
+        self.reconnectPolicy.sessionEnded(
+            None if startedAt is None else self.reactor.seconds() - startedAt
+        )
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
@@ -304,18 +347,28 @@ class PushService(service.Service):
             d.callback(reason)
 
     def _retryDelay(self, attempt: int) -> float:
-        # ClientService resets its own count on every TCP connect, so a server
-        # that accepts TCP and then fails the handshake would be retried at
-        # full speed; count failed sessions here instead.
-        self._failedSessions += 1
-        delay = self._backoff(self._failedSessions)
+        # ClientService's own count resets on every TCP connect; the policy
+        # counts failed sessions (see yadiskpush.reconnect).
+        delay = self.reconnectPolicy(attempt)
         if not self._stopping and self.gaveUp is None:
             self.log.info(
                 "Reconnecting in {delay:.1f} s (attempt {attempt})",
                 delay=delay,
-                attempt=self._failedSessions,
+                attempt=self.reconnectPolicy.failures,
             )
         return delay
+
+
+def _splitHostPort(target: str, defaultPort: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` from a see-other-host."""
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        port = rest.lstrip(":")
+    elif target.count(":") == 1:
+        host, _, port = target.partition(":")
+    else:
+        host, port = target, ""
+    return host, int(port) if port.isdigit() else defaultPort
 
 
 def _lossDetail(reason: Failure, subscribed: bool) -> str:

@@ -88,20 +88,35 @@ class PushXmlStream(xmlstream.XmlStream):
         parser.CommentHandler = _refuse("comments")
         # No external or parameter entities, ever.
         parser.SetParamEntityParsing(0)
+        # After a reset (STARTTLS, SASL, compression) the old parser may still
+        # be inside a Parse() call with bytes that followed <proceed/> in the
+        # same read. Those are plaintext injected before TLS (the STARTTLS
+        # injection attack): whatever the old parser finds is dropped.
+        for name in ("DocumentStartEvent", "ElementEvent", "DocumentEndEvent"):
+            setattr(stream, name, self._onlyIfCurrent(stream, getattr(stream, name)))
+
+    def _onlyIfCurrent(
+        self, stream: object, handler: Callable[..., None]
+    ) -> Callable[..., None]:
+        def guarded(*args: object) -> None:
+            if self.stream is stream:
+                handler(*args)
+
+        return guarded
 
     def dataReceived(self, data: bytes) -> None:
         if self.violation is not None:
             return
         if self.rawDataInFn:
             self.rawDataInFn(data)
+        current = self.stream
         try:
             if self.inflater is not None:
                 for piece in self.inflater.inflate(data):
-                    if self.stream is None or self.violation is not None:
+                    if not self._parse(piece, current):
                         return
-                    self._parse(piece)
             else:
-                self._parse(data)
+                self._parse(data, current)
         except zlib.error as e:
             self._violate("bad-format", f"corrupt compressed data ({e})")
         except RestrictedXML as e:
@@ -116,16 +131,20 @@ class PushXmlStream(xmlstream.XmlStream):
             else:
                 self._violate("not-well-formed", text or "malformed XML")
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes, current: object) -> bool:
+        """Feed ``data`` to ``current``; ``False`` once parsing must stop."""
+        # Bytes after a reset in the same read belong to no stream we know
+        # (see _initializeStream), so parsing stops when the parser changes.
         # Twisted checks the size only after each parse() call and resets the
         # count whenever a stanza ends, so one large read holding a whole
         # oversized stanza would pass. Feeding slices bounds the overshoot to
         # one slice (1/16 of the limit).
         step = max(256, min(64 * 1024, self.maxStanzaSize // 16))
         for start in range(0, len(data), step):
-            if self.stream is None or self.violation is not None:
-                return
-            self.stream.parse(data[start : start + step])
+            if current is None or self.stream is not current or self.violation:
+                return False
+            current.parse(data[start : start + step])
+        return self.stream is current and self.violation is None
 
     def _violate(self, condition: str, detail: str) -> None:
         """Answer a protocol violation with a stream error and close."""
