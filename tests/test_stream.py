@@ -125,3 +125,32 @@ class RedactionTests(SynchronousTestCase):
         """A secret echoed anywhere in the data is replaced too."""
         line = redactTraffic(b"<message>token=s3cr3t</message>", [b"s3cr3t"])
         self.assertNotIn("s3cr3t", line)
+
+
+class StartTLSInjectionTests(SynchronousTestCase):
+    def test_bytesAfterResetDropped(self) -> None:
+        """Stanzas sent in clear after <proceed/> in the same read are ignored."""
+        xs, transport = connectedStream()
+        seen: list[object] = []
+        xs.addObserver("/iq", seen.append)
+        xs.addOnetimeObserver("/proceed", lambda _: xs.reset())
+        xs.dataReceived(
+            b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+            b"<iq type='set' id='injected'/>"
+        )
+        xs.dataReceived(SERVER_HEADER + b"<iq type='get' id='real'/>")
+        self.assertEqual([iq["id"] for iq in seen], ["real"])
+
+    def test_largeReadAfterResetDropped(self) -> None:
+        """The rest of a read longer than one parse slice is dropped too."""
+        xs, transport = connectedStream()
+        seen: list[object] = []
+        xs.addObserver("/iq", seen.append)
+        xs.addOnetimeObserver("/proceed", lambda _: xs.reset())
+        xs.dataReceived(
+            b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+            + b" " * 100000
+            + SERVER_HEADER
+            + b"<iq type='set' id='injected'/>"
+        )
+        self.assertEqual(seen, [])
