@@ -10,7 +10,7 @@ flushed and closed. :class:`PushApplication` does that ordering itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
@@ -18,14 +18,7 @@ from twisted.logger import Logger
 
 from yadiskpush.notification import Notification
 from yadiskpush.service import PushService
-
-
-class Sink(Protocol):
-    """Where notifications go (see :mod:`yadiskpush.sinks`)."""
-
-    def deliver(self, notification: Notification) -> defer.Deferred[None] | None: ...
-
-    def close(self) -> defer.Deferred[None]: ...
+from yadiskpush.sinks import Sink
 
 
 class PushApplication(service.Service):

@@ -147,12 +147,23 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Build the :class:`Settings`, or fail with one clear sentence."""
-        if self["demo"]:
-            return
         try:
-            self.settings = self._buildSettings()
+            self._checkOutput()
+            if not self["demo"]:
+                self.settings = self._buildSettings()
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _checkOutput(self) -> None:
+        path = self["json-out"]
+        if path and path != "-":
+            try:
+                with open(path, "a"):
+                    pass
+            except OSError as e:
+                raise ConfigurationError(
+                    f"cannot write --json-out {path}: {e.strerror or e}"
+                ) from None
 
     def _buildSettings(self) -> Settings:
         if not self["login"]:
@@ -189,16 +200,40 @@ class Options(usage.Options):
         )
 
 
+def buildSinks(options: Options, reactor: Any) -> list[Any]:
+    """The sinks the options ask for; a log line when none is given."""
+    from yadiskpush.sinks import ExecSink, JSONLinesSink, LogSink
+
+    sinks: list[Any] = []
+    if options["json-out"]:
+        sinks.append(JSONLinesSink(options["json-out"]))
+    if options["exec"]:
+        sinks.append(
+            ExecSink(options["exec"], options["exec-timeout"], reactor=reactor)
+        )
+    if not sinks:
+        sinks.append(LogSink())
+    return sinks
+
+
 def makeService(options: Options) -> service.IService:
     """Assemble the services for ``twistd yadiskpush``; nothing fails here."""
     from twisted.internet import reactor
+    from twisted.logger import Logger
 
+    from yadiskpush.application import PushApplication
     from yadiskpush.service import PushService
 
-    top = service.MultiService()
+    if options["demo"]:
+        from yadiskpush.demo import DemoService
+
+        return DemoService(options, reactor)
+
+    log = Logger(namespace="yadiskpush")
+    for warning in options.warnings:
+        log.warn("{warning}", warning=warning)
     settings = options.settings
     assert settings is not None
     push = PushService(settings, reactor=reactor)
     push.whenGaveUp().addCallback(lambda _: reactor.stop())
-    push.setServiceParent(top)
-    return top
+    return PushApplication(push, buildSinks(options, reactor))
