@@ -7,3 +7,27 @@ The public API is re-exported here; everything else is internal.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from yadiskpush.errors import (  # noqa: E402
+    AuthenticationFailed,
+    ConfigurationError,
+    YaDiskPushError,
+)
+from yadiskpush.handlers.push import PushHandler  # noqa: E402
+from yadiskpush.notification import Notification, PushChild  # noqa: E402
+from yadiskpush.secret import Secret  # noqa: E402
+from yadiskpush.service import PushService  # noqa: E402
+from yadiskpush.settings import Settings  # noqa: E402
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigurationError",
+    "Notification",
+    "PushChild",
+    "PushHandler",
+    "PushService",
+    "Secret",
+    "Settings",
+    "YaDiskPushError",
+    "__version__",
+]
