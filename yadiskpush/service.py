@@ -267,6 +267,9 @@ class PushService(service.Service):
             _abort(xs.transport)
 
     def _attemptFailed(self, reason: YaDiskPushError) -> None:
+        # Not ready from here on, so a whenReady() called by a failure waiter
+        # waits for the next session.
+        self.ready = False
         if isinstance(reason, StartTLSNotOffered) and self.settings.tlsPort:
             self.endpoint.preferDirectTLS = True
         self.reconnectPolicy.recordFailure(reason)

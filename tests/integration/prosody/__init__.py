@@ -1,0 +1,1 @@
+"""Prosody as a second, independent test server: harness and Lua modules."""
