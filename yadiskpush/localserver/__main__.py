@@ -1,0 +1,143 @@
+"""
+Run the local push server by hand: ``python -m yadiskpush.localserver``.
+
+It prints its two ports and the path of the CA certificate to give the
+client (``--ca-file``), then reads commands from stdin, one per line::
+
+    push [LOGIN] key=value ...   push one Disk notification (and wait for the ack)
+    sessions                     list open sessions
+    quit                         stop (end of input does too)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, stdio, task
+from twisted.logger import LogLevel, globalLogBeginner, textFileLogObserver
+from twisted.protocols.basic import LineReceiver
+
+from yadiskpush.localserver.server import LocalServer
+
+USAGE = "commands: push [LOGIN] key=value ... | sessions | quit"
+
+
+def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m yadiskpush.localserver",
+        description="A local stand-in for the Yandex.Disk XMPP push server.",
+    )
+    parser.add_argument(
+        "--accounts",
+        nargs="+",
+        required=True,
+        metavar="LOGIN:TOKEN",
+        help="accounts the server accepts",
+    )
+    parser.add_argument("--domain", default="ya.ru", help="XMPP domain")
+    parser.add_argument("--interface", default="127.0.0.1")
+    parser.add_argument("--starttls-port", type=int, default=0)
+    parser.add_argument("--tls-port", type=int, default=0)
+    parser.add_argument("--ca-file", help="where to write the CA certificate")
+    parser.add_argument("--ping-interval", type=float, default=None)
+    parser.add_argument("--compression-after-auth", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="log every step")
+    args = parser.parse_args(list(argv))
+    accounts: dict[str, str] = {}
+    for entry in args.accounts:
+        login, separator, token = entry.partition(":")
+        if not separator or not login or not token:
+            parser.error(f"--accounts takes LOGIN:TOKEN, not {entry!r}")
+        accounts[login] = token
+    args.accountMap = accounts
+    return args
+
+
+class CommandProtocol(LineReceiver):
+    """Reads control commands, one a line, and reports on each."""
+
+    delimiter = b"\n"
+
+    def __init__(self, server: LocalServer, done: defer.Deferred[None]) -> None:
+        self.server = server
+        self.done = done
+
+    def connectionMade(self) -> None:
+        self.say(USAGE)
+
+    def say(self, text: str) -> None:
+        self.transport.write(text.encode("utf-8") + b"\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            words = shlex.split(line.decode("utf-8"))
+        except ValueError as e:
+            self.say(f"error: {e}")
+            return
+        if not words:
+            return
+        command, arguments = words[0], words[1:]
+        if command == "push":
+            self.push(arguments)
+        elif command == "sessions":
+            for session in self.server.openSessions():
+                self.say(repr(session))
+        elif command == "quit":
+            self.transport.loseConnection()
+        else:
+            self.say(USAGE)
+
+    def push(self, arguments: list[str]) -> None:
+        login = next(iter(self.server.accounts))
+        if arguments and "=" not in arguments[0]:
+            login, arguments = arguments[0], arguments[1:]
+        attributes = dict(a.partition("=")[::2] for a in arguments)
+        d = self.server.push(login, attributes)
+        d.addCallback(lambda iq: self.say(f"{iq['id']}: {iq['type']}"))
+        d.addErrback(lambda f: self.say(f"push failed: {f.getErrorMessage()}"))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+@defer.inlineCallbacks
+def main(reactor: Any, *argv: str) -> Any:
+    args = parseArguments(argv)
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+    )
+    server = LocalServer(
+        args.accountMap,
+        domain=args.domain,
+        interface=args.interface,
+        starttlsPort=args.starttls_port,
+        tlsPort=args.tls_port,
+        pingInterval=args.ping_interval,
+        compressionAfterAuth=args.compression_after_auth,
+        reactor=reactor,
+        logLevel=LogLevel.debug if args.verbose else LogLevel.warn,
+    )
+    yield server.start()
+    if args.ca_file:
+        caPath = server.writeCACertificate(args.ca_file)
+    else:
+        caPath = Path(tempfile.mkdtemp(prefix="yadiskpush-")) / "local-ca.pem"
+        server.writeCACertificate(caPath)
+    print(f"STARTTLS port: {server.starttlsPort}", flush=True)
+    print(f"TLS port: {server.tlsPort}", flush=True)
+    print(f"CA certificate: {caPath}", flush=True)
+    done: defer.Deferred[None] = defer.Deferred()
+    stdio.StandardIO(CommandProtocol(server, done), reactor=reactor)
+    yield done
+    yield server.stop()
+
+
+if __name__ == "__main__":
+    task.react(main, sys.argv[1:])
