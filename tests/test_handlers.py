@@ -249,3 +249,20 @@ class KeepaliveTests(SynchronousTestCase):
             clock.advance(60)
             xs.dataReceived(PING)
         self.assertEqual(transport.value(), b"")
+
+
+class PushWhileClosingTests(SynchronousTestCase):
+    def test_noAckAfterFooter(self) -> None:
+        """A delivery that completes after our </stream:stream> is not acked."""
+        pending: list[defer.Deferred[None]] = []
+
+        def onNotification(n):  # type: ignore[no-untyped-def]
+            pending.append(defer.Deferred())
+            return pending[-1]
+
+        xs, transport = attach(PushHandler(onNotification, clock=Clock()))
+        xs.dataReceived(pushStanza(1))
+        xs.sendFooter()
+        transport.clear()
+        pending[0].callback(None)
+        self.assertEqual(transport.value(), b"")

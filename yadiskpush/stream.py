@@ -161,6 +161,11 @@ class PushXmlStream(xmlstream.XmlStream):
         finally:
             self.transport.loseConnection()
 
+    @property
+    def closing(self) -> bool:
+        """Whether our ``</stream:stream>`` went out: nothing may follow it."""
+        return self._footerSent
+
     def sendFooter(self) -> None:
         """Send ``</stream:stream>`` once, however many paths close."""
         if not self._footerSent:

@@ -85,5 +85,13 @@ class PushHandler(XMPPHandler):
         self._queue.addCallbacks(acknowledge, refuse)
 
     def _answer(self, xs: Any, response: domish.Element) -> None:
-        if xs is not None and xs.transport is not None and xs.stream is not None:
+        # After our </stream:stream> nothing may be sent: a push delivered
+        # while the client was closing stays unacknowledged (the server will
+        # send it again), never acknowledged into the void.
+        if (
+            xs is not None
+            and xs.transport is not None
+            and xs.stream is not None
+            and not getattr(xs, "closing", False)
+        ):
             xs.send(response)
