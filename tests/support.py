@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 
@@ -28,6 +29,7 @@ class FakeAuthenticator(xmlstream.ConnectAuthenticator):
     """The attributes our initializers read, without the real chain."""
 
     namespace = "jabber:client"
+    _log = Logger()
 
     def __init__(self, encrypted: bool = True) -> None:
         xmlstream.ConnectAuthenticator.__init__(self, "ya.ru")

@@ -62,8 +62,12 @@ class RequiredTLSInitializer(xmlstream.TLSInitiatingInitializer):
         return self.start()
 
     def onProceed(self, obj: object) -> None:
-        self.xmlstream.authenticator.encrypted = True
-        self.xmlstream.authenticator.step = "TLS handshake"
+        authenticator = self.xmlstream.authenticator
+        authenticator.encrypted = True
+        authenticator.step = "TLS handshake"
+        authenticator._log.info(
+            "STARTTLS accepted; TLS handshake with {host}", host=authenticator.host
+        )
         super().onProceed(obj)
 
 

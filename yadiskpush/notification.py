@@ -137,5 +137,10 @@ class Notification:
     def summary(self) -> str:
         """A readable one-line form for logs."""
         shown = " ".join(f"{k}={v!r}" for k, v in sorted(self.attributes.items()))
-        extra = f" (+{len(self.children)} child elements)" if self.children else ""
-        return f"Disk changed: id={self.stanzaId!r} {shown}{extra}".rstrip()
+        parts = [f"Disk changed: id={self.stanzaId!r}", shown]
+        for child in self.children[:3]:
+            details = " ".join(f"{k}={v!r}" for k, v in child.attributes.items())
+            parts.append(f"[{child.name} {details}]".replace(" ]", "]"))
+        if len(self.children) > 3:
+            parts.append(f"(+{len(self.children) - 3} more)")
+        return " ".join(p for p in parts if p)

@@ -76,6 +76,13 @@ class YandexOAuthInitializer(sasl.SASLInitiatingInitializer):
         except InsecureAuthenticationRefused:
             return defer.fail()
 
+    def onSuccess(self, success: domish.Element) -> None:
+        authenticator = self.xmlstream.authenticator
+        authenticator._log.info(
+            "Authenticated as {login} (X-YANDEX-OAUTH)", login=authenticator.login
+        )
+        super().onSuccess(success)
+
     def onFailure(self, failure: domish.Element) -> None:
         """Turn ``<failure/>`` into :class:`AuthenticationFailed` (fatal)."""
         self.xmlstream.removeObserver("/challenge", self.onChallenge)

@@ -191,6 +191,8 @@ class PushXmlStreamFactory(XmlStreamFactoryMixin, protocol.Factory):
     """
 
     protocol = PushXmlStream
+    # ClientService logs connection attempts already, and better.
+    noisy = False
 
     def __init__(
         self, authenticator: xmlstream.Authenticator, maxStanzaSize: int

@@ -1,0 +1,153 @@
+"""
+``twistd yadiskpush --demo``: the real client against a local server.
+
+The vendor's server cannot be reached from everywhere (and needs an
+account), so the demo starts :class:`~yadiskpush.localserver.LocalServer` in
+the same process, with a throwaway CA and a random token, points an ordinary
+:class:`~yadiskpush.service.PushService` at it and lets the server push a
+short series of sample changes. Everything the client logs is what it logs
+against the real server; the sinks (``--json-out``, ``--exec``) work as
+usual. ``kill -USR1 PID`` makes the server push one more change.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from yadiskpush.application import PushApplication
+from yadiskpush.localserver import LocalServer, NoOpenSession
+from yadiskpush.secret import Secret
+from yadiskpush.settings import Settings
+
+DEMO_LOGIN = "demo"
+SAMPLE_COUNT = 3
+SAMPLE_INTERVAL = 2.0
+PING_INTERVAL = 15.0
+
+_SAMPLE_PATHS = (
+    "disk:/Documents/report.odt",
+    "disk:/Photos/2026-11-24 12-00-00.jpg",
+    "disk:/Music/playlist.m3u",
+)
+
+
+class DemoService(service.Service):
+    """Starts the local server, then the client; stops them in reverse."""
+
+    _log = Logger(namespace="yadiskpush.demo")
+
+    def __init__(self, options: Any, reactor: Any) -> None:
+        from yadiskpush.options import buildSinks
+
+        self.options = options
+        self.reactor = reactor
+        self.buildSinks = buildSinks
+        self.token = secrets.token_urlsafe(24)
+        self.server = LocalServer(
+            {DEMO_LOGIN: self.token}, pingInterval=PING_INTERVAL, reactor=reactor
+        )
+        self.app: PushApplication | None = None
+        self._directory = tempfile.mkdtemp(prefix="yadiskpush-demo-")
+        self._revision = itertools.count(1)
+        self._samples: task.LoopingCall | None = None
+        self._previousHandler: Any = None
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        d = self.server.start()
+        d.addCallback(self._serverListening)
+        d.addErrback(self._failed)
+
+    def _serverListening(self, server: LocalServer) -> None:
+        caFile = str(server.writeCACertificate(os.path.join(self._directory, "ca.pem")))
+        self._log.info(
+            "Demo server listening on 127.0.0.1: STARTTLS port {port}, TLS port "
+            "{tlsPort}; its throwaway CA is {caFile}",
+            port=server.starttlsPort,
+            tlsPort=server.tlsPort,
+            caFile=caFile,
+        )
+        settings = Settings(
+            login=DEMO_LOGIN,
+            token=Secret(self.token),
+            host="localhost",
+            port=server.starttlsPort,
+            tlsPort=server.tlsPort,
+            caFile=caFile,
+            compress=bool(self.options["compress"]),
+            logTraffic=bool(self.options["log-traffic"]),
+            idleTimeout=self.options["idle-timeout"],
+            pingTimeout=self.options["ping-timeout"],
+            **(
+                {"resource": self.options["resource"]}
+                if self.options["resource"]
+                else {}
+            ),
+        )
+        from yadiskpush.service import PushService
+
+        push = PushService(settings, reactor=self.reactor)
+        self.app = PushApplication(push, self.buildSinks(self.options, self.reactor))
+        self.app.startService()
+        push.whenReady().addCallback(self._pushSamples)
+        self._previousHandler = signal.signal(
+            signal.SIGUSR1,
+            lambda *_: self.reactor.callFromThread(self.pushSample),
+        )
+
+    def _pushSamples(self, _: object) -> None:
+        self._log.info(
+            "Demo server will push {count} sample changes; kill -USR1 {pid} "
+            "pushes one more",
+            count=SAMPLE_COUNT,
+            pid=os.getpid(),
+        )
+        self._samples = task.LoopingCall(self.pushSample)
+        self._samples.clock = self.reactor
+        d = self._samples.start(SAMPLE_INTERVAL, now=False)
+        d.addErrback(self._failed)
+
+    def pushSample(self) -> defer.Deferred[Any]:
+        """Make the server push one sample change."""
+        revision = next(self._revision)
+        if self._samples is not None and revision >= SAMPLE_COUNT:
+            if self._samples.running:
+                self._samples.stop()
+        path = _SAMPLE_PATHS[(revision - 1) % len(_SAMPLE_PATHS)]
+        d = self.server.push(
+            DEMO_LOGIN,
+            {
+                "t": "diff",
+                "uid": "4242",
+                "old": str(revision - 1),
+                "new": str(revision),
+            },
+            f'<op type="changed" key="{path}"/>',
+        )
+        d.addErrback(lambda f: f.trap(NoOpenSession))
+        return d
+
+    def _failed(self, reason: Any) -> None:
+        self._log.failure("The demo failed", reason)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        if self._previousHandler is not None:
+            signal.signal(signal.SIGUSR1, self._previousHandler)
+        if self._samples is not None and self._samples.running:
+            self._samples.stop()
+        if self.app is not None:
+            yield self.app.stopService()
+        yield self.server.stop()
+        shutil.rmtree(self._directory, ignore_errors=True)
