@@ -29,7 +29,7 @@ test: lint
 	$(MAKE) --no-print-directory docs
 
 bench: install
-	$(BIN)/python -m yadiskpush.bench
+	$(BIN)/python benchmarks/pushes.py
 
 clean:
 	rm -rf $(VENV) build docs/_build *.egg-info _trial_temp

@@ -28,11 +28,22 @@ ZLIB_METHOD = "zlib"
 INFLATE_STEP = 64 * 1024
 
 
+# Our own deflate state: a 4 KiB window and a small hash table. Stanzas are
+# short and flushed one by one, so a larger window barely compresses better,
+# while zlib's defaults cost about 256 KiB per connection, which adds up for a
+# process holding many accounts. Any inflater reads this (the window size is
+# in the zlib header).
+DEFLATE_WINDOW_BITS = 12
+DEFLATE_MEMORY_LEVEL = 5
+
+
 class Deflater:
     """Compresses a stream of writes, flushing after each one."""
 
     def __init__(self) -> None:
-        self._compressor = zlib.compressobj()
+        self._compressor = zlib.compressobj(
+            6, zlib.DEFLATED, DEFLATE_WINDOW_BITS, DEFLATE_MEMORY_LEVEL
+        )
 
     def deflate(self, data: bytes) -> bytes:
         return self._compressor.compress(data) + self._compressor.flush(
