@@ -124,3 +124,34 @@ class OptionsTests(SynchronousTestCase):
         """There is no option that takes the token itself."""
         with self.assertRaises(usage.UsageError):
             parse("--login", "t", "--token", TOKEN)
+
+
+class LateCheckTests(SynchronousTestCase):
+    def test_caFileWithoutCertificate(self) -> None:
+        """A readable CA file with no certificate is a usage error, not later."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a certificate\n")
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(
+                "--login", "t", "--ca-file", path, environ={"YADISKPUSH_TOKEN": TOKEN}
+            )
+        self.assertIn("holds no PEM certificate", str(caught.exception))
+
+    def test_blankExec(self) -> None:
+        """A blank --exec command is a usage error."""
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--login", "t", "--exec", " ", environ={"YADISKPUSH_TOKEN": TOKEN})
+        self.assertIn("--exec needs a command", str(caught.exception))
+
+    def test_unwritableJSONOut(self) -> None:
+        """A --json-out path that cannot be written is a usage error."""
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(
+                "--login",
+                "t",
+                "--json-out",
+                "/nonexistent/dir/out.jsonl",
+                environ={"YADISKPUSH_TOKEN": TOKEN},
+            )
+        self.assertIn("cannot write --json-out", str(caught.exception))

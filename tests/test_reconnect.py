@@ -75,3 +75,21 @@ class ReconnectPolicyTests(SynchronousTestCase):
         delays = [policy(1) for _ in range(30)]
         self.assertLessEqual(max(delays), 300.0 + 1.0)
         self.assertGreater(delays[5], delays[0])
+
+
+class ConflictRunTests(SynchronousTestCase):
+    def test_fightingClientsCounted(self) -> None:
+        """Two clients taking the resource every minute or so still add up."""
+        policy = ReconnectPolicy(backoff=doubling)
+        for _ in range(MAX_CONSECUTIVE_CONFLICTS):
+            policy.recordFailure(StreamErrorReceived("conflict"))
+            policy.sessionEnded(90.0)
+        self.assertTrue(policy.conflictsExhausted)
+
+    def test_rareConflictsNeverStop(self) -> None:
+        """Conflicts that each end a long healthy session never add up."""
+        policy = ReconnectPolicy(backoff=doubling)
+        for _ in range(MAX_CONSECUTIVE_CONFLICTS * 3):
+            policy.recordFailure(StreamErrorReceived("conflict"))
+            policy.sessionEnded(3600.0)
+        self.assertFalse(policy.conflictsExhausted)

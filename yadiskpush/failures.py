@@ -71,5 +71,5 @@ def describeFailure(reason: Failure, host: str, step: str) -> YaDiskPushError:
     if isinstance(value, netError.ConnectionDone | netError.ConnectionLost):
         return ConnectionClosedDuringHandshake(step)
     if isinstance(value, netError.TimeoutError):
-        return ConnectionClosedDuringHandshake(step)
+        return YaDiskPushError(f"the connection timed out during {step}")
     return YaDiskPushError(f"{step} failed: {value}")

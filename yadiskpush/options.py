@@ -155,6 +155,12 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def _checkOutput(self) -> None:
+        if self["exec"] is not None and not self["exec"].strip():
+            raise ConfigurationError("--exec needs a command")
+        if self["ca-file"]:
+            from yadiskpush.endpoints import loadTrustRoot
+
+            loadTrustRoot(self["ca-file"])
         path = self["json-out"]
         if path and path != "-":
             try:
@@ -178,8 +184,6 @@ class Options(usage.Options):
                     f"{TOKEN_ENVIRONMENT_VARIABLE}"
                 )
             token = fromEnvironment
-        if self["ca-file"] and not os.access(self["ca-file"], os.R_OK):
-            raise ConfigurationError(f"cannot read the CA file {self['ca-file']}")
         extra: dict[str, Any] = {}
         if self["resource"]:
             extra["resource"] = self["resource"]

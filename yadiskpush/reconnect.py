@@ -21,6 +21,12 @@ from yadiskpush.errors import StreamErrorReceived, YaDiskPushError
 # A session that stayed up this long resets the backoff.
 HEALTHY_SESSION_SECONDS = 60.0
 
+# A session that stayed up this long resets the count of conflicts in a row.
+# Longer than the conflict floor, so that two clients taking the resource
+# from each other (each session lasting about that floor) are still counted
+# as a run, while a rare conflict weeks apart never adds up to a stop.
+CONFLICT_RESET_SECONDS = 600.0
+
 # Minimum delays for stream errors where retrying at once cannot help.
 MINIMUM_DELAY_BY_CONDITION = {
     # Another client holds our resource; coming straight back would kick it
@@ -65,6 +71,7 @@ class ReconnectPolicy:
         """A connection ended; ``lasted`` is its session's age, or ``None``."""
         if lasted is not None and lasted >= HEALTHY_SESSION_SECONDS:
             self.failures = 0
+        if lasted is not None and lasted >= CONFLICT_RESET_SECONDS:
             self.consecutiveConflicts = 0
 
     def recordFailure(self, reason: YaDiskPushError) -> None:

@@ -27,7 +27,10 @@ from wokkel.generic import FallbackHandler
 from wokkel.subprotocols import StreamManager, XMPPHandler
 
 from yadiskpush.authenticator import YandexAuthenticator, makeClientFactory
-from yadiskpush.compression import COMPRESSION_STARTED_EVENT
+from yadiskpush.compression import (
+    COMPRESSION_REFUSED_EVENT,
+    COMPRESSION_STARTED_EVENT,
+)
 from yadiskpush.endpoints import FallbackEndpoint, tlsOptionsFor
 from yadiskpush.errors import (
     ConfigurationError,
@@ -247,6 +250,12 @@ class PushService(service.Service):
         xs.addObserver(
             COMPRESSION_STARTED_EVENT,
             lambda _: self.log.info("Compression enabled (zlib)"),
+        )
+        xs.addObserver(
+            COMPRESSION_REFUSED_EVENT,
+            lambda refusal: self.log.warn(
+                "{message}; going on without compression", message=str(refusal)
+            ),
         )
 
     def _sessionOpened(self, xs: PushXmlStream) -> None:

@@ -100,4 +100,6 @@ class Settings:
         if not self.resource or "/" in self.resource:
             raise ConfigurationError(f"invalid resource {self.resource!r}")
         if self.maxStanzaSize < 4096:
-            raise ConfigurationError("maxStanzaSize must be at least 4096 bytes")
+            raise ConfigurationError(
+                "the stanza size limit (--max-stanza-size) must be at least 4096 bytes"
+            )

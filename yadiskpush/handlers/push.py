@@ -14,6 +14,7 @@ from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
+from yadiskpush.errors import YaDiskPushError
 from yadiskpush.notification import NS_DISK_PUSH, Notification
 
 IQ_SET = "/iq[@type='set']"
@@ -71,12 +72,22 @@ class PushHandler(XMPPHandler):
             self._answer(xs, toResponse(iq, "result"))
 
         def refuse(reason: Failure) -> None:
-            self._log.failure(
-                "Could not deliver push {id}; answering with an error so the "
-                "server does not count it as delivered",
-                reason,
-                id=notification.stanzaId,
-            )
+            reason = _unwrap(reason)
+            if isinstance(reason.value, YaDiskPushError):
+                # Expected (disk full, queue full): one line, no traceback.
+                self._log.error(
+                    "Could not deliver push {id}: {message}; answering with an "
+                    "error so the server does not count it as delivered",
+                    id=notification.stanzaId,
+                    message=str(reason.value),
+                )
+            else:
+                self._log.failure(
+                    "Could not deliver push {id}; answering with an error so "
+                    "the server does not count it as delivered",
+                    reason,
+                    id=notification.stanzaId,
+                )
             self._answer(
                 xs, jabberError.StanzaError("internal-server-error").toResponse(iq)
             )
@@ -95,3 +106,10 @@ class PushHandler(XMPPHandler):
             and not getattr(xs, "closing", False)
         ):
             xs.send(response)
+
+
+def _unwrap(reason: Failure) -> Failure:
+    """The original failure inside ``gatherResults``' ``FirstError`` layers."""
+    while isinstance(reason.value, defer.FirstError):
+        reason = reason.value.subFailure
+    return reason
