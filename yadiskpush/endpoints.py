@@ -163,7 +163,7 @@ class FallbackEndpoint:
                 protocol = yield endpoint.connect(protocolFactory)
             except _UNREACHABLE as e:
                 reason = _describeConnectError(e)
-                self._log.warn(
+                self._log.info(
                     "Cannot reach {host}:{port}: {reason}",
                     host=host,
                     port=port,

@@ -19,7 +19,13 @@ from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.jid import JID
@@ -51,6 +57,22 @@ from yadiskpush.settings import Settings
 from yadiskpush.stream import PushXmlStream, redactTraffic
 
 NotificationObserver = Callable[[Notification], "defer.Deferred[Any] | None"]
+
+
+class _QuietClientService(ClientService):
+    """
+    ``ClientService`` logs "Scheduling retry N to connect <endpoint>" at info
+    level, with its own attempt count (reset on every TCP connect) that
+    contradicts ours; :meth:`PushService._retryDelay` says it better. Only
+    its warnings and errors get through.
+    """
+
+    _log = Logger(
+        namespace="yadiskpush.clientservice",
+        observer=FilteringLogObserver(
+            globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]
+        ),
+    )
 
 
 class PushService(service.Service):
@@ -131,7 +153,7 @@ class PushService(service.Service):
 
         self.endpoint = FallbackEndpoint(reactor, settings, tlsOptions, log=self.log)
         self.endpoint.onConnectFailed = self._attemptFailed
-        self.clientService = ClientService(
+        self.clientService = _QuietClientService(
             self.endpoint, self.factory, retryPolicy=self._retryDelay, clock=reactor
         )
 
