@@ -78,9 +78,11 @@ class ServerProcess(ProcessProtocol):
 @defer.inlineCallbacks
 def startServer(reactor: Any, accounts: dict[str, str], directory: str) -> Any:
     server = ServerProcess()
+    accountsFile = os.path.join(directory, "accounts")
+    with open(os.open(accountsFile, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.writelines(f"{login}:{token}\n" for login, token in accounts.items())
     argv = [sys.executable, "-m", "yadiskpush.localserver", "--ca-file"]
-    argv += [os.path.join(directory, "ca.pem"), "--accounts"]
-    argv += [f"{login}:{token}" for login, token in accounts.items()]
+    argv += [os.path.join(directory, "ca.pem"), "--accounts-file", accountsFile]
     reactor.spawnProcess(server, sys.executable, argv, env=dict(os.environ))
     yield server.ready
     return server

@@ -779,10 +779,21 @@ class FaultTests(ServerTestCase):
 
 
 class CommandLineTests(SynchronousTestCase):
-    def test_accounts(self) -> None:
-        """--accounts takes LOGIN:TOKEN pairs."""
-        args = parseArguments(["--accounts", "a:1", "b:2"])
+    def test_accountsFile(self) -> None:
+        """--accounts-file holds LOGIN:TOKEN lines; blanks and comments skipped."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# test accounts\na:1\n\nb:2\n")
+        args = parseArguments(["--accounts-file", path])
         self.assertEqual(args.accountMap, {"a": "1", "b": "2"})
+
+    def test_accountsFileMalformed(self) -> None:
+        """A line without a colon is refused with its line number."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("a:1\njusttoken\n")
+        with self.assertRaises(SystemExit):
+            parseArguments(["--accounts-file", path])
 
     def test_pushWithoutSession(self) -> None:
         """A push command for a login with no session reports why it failed."""

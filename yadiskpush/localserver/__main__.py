@@ -33,12 +33,13 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         prog="python -m yadiskpush.localserver",
         description="A local stand-in for the Yandex.Disk XMPP push server.",
     )
+    # Tokens do not belong on a command line (any user can read it), even
+    # test ones: the accounts come from a file, one LOGIN:TOKEN per line.
     parser.add_argument(
-        "--accounts",
-        nargs="+",
+        "--accounts-file",
         required=True,
-        metavar="LOGIN:TOKEN",
-        help="accounts the server accepts",
+        metavar="PATH",
+        help="file of accounts the server accepts, one LOGIN:TOKEN per line",
     )
     parser.add_argument("--domain", default="ya.ru", help="XMPP domain")
     parser.add_argument("--interface", default="127.0.0.1")
@@ -50,11 +51,20 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="log every step")
     args = parser.parse_args(list(argv))
     accounts: dict[str, str] = {}
-    for entry in args.accounts:
+    try:
+        with open(args.accounts_file, encoding="utf-8") as accountsFile:
+            lines = [line.strip() for line in accountsFile]
+    except OSError as e:
+        parser.error(f"cannot read {args.accounts_file}: {e.strerror or e}")
+    for number, entry in enumerate(lines, 1):
+        if not entry or entry.startswith("#"):
+            continue
         login, separator, token = entry.partition(":")
         if not separator or not login or not token:
-            parser.error(f"--accounts takes LOGIN:TOKEN, not {entry!r}")
+            parser.error(f"{args.accounts_file}:{number}: expected LOGIN:TOKEN")
         accounts[login] = token
+    if not accounts:
+        parser.error(f"{args.accounts_file} names no account")
     args.accountMap = accounts
     return args
 
