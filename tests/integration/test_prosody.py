@@ -16,13 +16,13 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from tests.integration.prosody.certificates import writeUnrelatedAuthority
 from tests.integration.prosody.harness import (
     DIRECT_TLS_ADDRESS,
     STARTTLS_ADDRESS,
     ProsodyServer,
     closedPort,
     skipReason,
+    writeUnrelatedAuthority,
 )
 from yadiskpush import __version__
 from yadiskpush.endpoints import DIRECT_TLS, STARTTLS

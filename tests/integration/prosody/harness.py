@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -30,9 +31,44 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from tests.integration.prosody.certificates import writeCertificates
+from yadiskpush.localserver.ca import CertificateAuthority
 
 HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class CertificateFiles:
+    """The PEM files Prosody is configured with."""
+
+    caCertificate: Path
+    certificate: Path
+    key: Path
+
+
+def writeCertificates(directory: Path, names: list[str]) -> CertificateFiles:
+    """
+    A throwaway CA (the local server's) and a server certificate for
+    ``names``, written as ``ca.pem``, ``server.pem`` and ``server.key``.
+    """
+    ca = CertificateAuthority.generate("yadiskpush Prosody test CA")
+    issued = ca.issueServerCertificate(names)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = CertificateFiles(
+        directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    )
+    files.caCertificate.write_bytes(ca.caCertificatePEM)
+    files.certificate.write_bytes(issued.certPEM)
+    files.key.write_bytes(issued.keyPEM)
+    files.key.chmod(0o600)
+    return files
+
+
+def writeUnrelatedAuthority(path: Path) -> Path:
+    """Write the certificate of a CA that signed nothing, to distrust a server."""
+    path.write_bytes(CertificateAuthority.generate("unrelated CA").caCertificatePEM)
+    return path
+
+
 CONFIG_TEMPLATE = HERE / "prosody.cfg.lua.in"
 SEARCH_PATH = "/usr/bin:/usr/sbin:/usr/local/bin:/bin:/sbin"
 
@@ -208,11 +244,10 @@ class ProsodyServer:
     def _writeConfig(self) -> Path:
         files = writeCertificates(
             self._path("certs"),
-            dnsNames=[TLS_HOST],
             # Not STARTTLS_ADDRESS: dialling it by address must fail the
             # name check. Not the XMPP domain either: the client must check
             # the host it dials.
-            ipAddresses=[DIRECT_TLS_ADDRESS],
+            [TLS_HOST, DIRECT_TLS_ADDRESS],
         )
         shutil.copy(files.caCertificate, self.caFile)
         values = {
