@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from yadiskpush.secret import Secret
@@ -37,6 +38,7 @@ class FakeAuthenticator(xmlstream.ConnectAuthenticator):
         self.token = Secret("c4181a7c2cf4521964a72ff57a34a07")
         self.encrypted = encrypted
         self.step = "test"
+        self.jid = JID("test@ya.ru/r")
 
     def streamStarted(self, rootElement: Any) -> None:
         # Record the header only; tests drive initializers by hand.

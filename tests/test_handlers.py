@@ -266,3 +266,31 @@ class PushWhileClosingTests(SynchronousTestCase):
         transport.clear()
         pending[0].callback(None)
         self.assertEqual(transport.value(), b"")
+
+
+class PushSenderTests(SynchronousTestCase):
+    def test_pushFromAnotherAccountRefused(self) -> None:
+        """A push claiming to come from another account is refused, not delivered."""
+        received: list[object] = []
+        xs, transport = attach(PushHandler(received.append, clock=Clock()))
+        xs.dataReceived(
+            b"<iq type='set' from='mallory@evil.example/x' id='spoof'>"
+            b"<query xmlns='yandex:push:disk' t='diff'/></iq>"
+        )
+        [reply] = sentElements(transport.value())
+        self.assertEqual((reply["type"], reply["id"]), ("error", "spoof"))
+        self.assertEqual(received, [])
+
+    def test_pushFromServerOrSelfAccepted(self) -> None:
+        """Pushes from the domain, our bare JID, or with no sender are delivered."""
+        received: list[object] = []
+        xs, transport = attach(PushHandler(received.append, clock=Clock()))
+        for sender in (b" from='ya.ru'", b" from='test@ya.ru'", b""):
+            xs.dataReceived(
+                b"<iq type='set'%s id='p'><query xmlns='yandex:push:disk'/></iq>"
+                % sender
+            )
+        self.assertEqual(len(received), 3)
+        self.assertEqual(
+            [e["type"] for e in sentElements(transport.value())], ["result"] * 3
+        )

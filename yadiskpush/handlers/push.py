@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import error as jabberError
+from twisted.words.protocols.jabber.jid import JID
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
@@ -62,6 +63,19 @@ class PushHandler(XMPPHandler):
         if not any(child.uri == NS_DISK_PUSH for child in iq.elements()):
             return
         iq.handled = True
+        if not self._fromOurServer(iq):
+            # Pushes may start commands (--exec): one that claims to come
+            # from another account is refused, not delivered.
+            self._log.warn(
+                "Refused a Disk push from {sender}: pushes come only from the "
+                "server or your own account",
+                sender=iq.getAttribute("from"),
+            )
+            self._answer(
+                self.xmlstream,
+                jabberError.StanzaError("service-unavailable").toResponse(iq),
+            )
+            return
         notification = Notification.fromStanza(iq, self.clock.seconds())
         xs = self.xmlstream
 
@@ -94,6 +108,23 @@ class PushHandler(XMPPHandler):
 
         self._queue = self._queue.addCallback(deliver)
         self._queue.addCallbacks(acknowledge, refuse)
+
+    def _fromOurServer(self, iq: domish.Element) -> bool:
+        """
+        Whether the push comes from no one in particular (the server), the
+        server's domain, or our own account, as RFC 6120 (section 10.3)
+        lets a client trust. Without a known JID (a foreign authenticator),
+        everything is accepted.
+        """
+        sender = iq.getAttribute("from")
+        ours = getattr(getattr(self.xmlstream, "authenticator", None), "jid", None)
+        if not sender or ours is None:
+            return True
+        try:
+            sender = JID(sender)
+        except Exception:
+            return False
+        return sender.userhost() in (ours.userhost(), ours.host)
 
     def _answer(self, xs: Any, response: domish.Element) -> None:
         # After our </stream:stream> nothing may be sent: a push delivered
