@@ -27,7 +27,7 @@ from yadiskpush.errors import (
 )
 
 
-def _describeSSLError(value: SSL.Error) -> str:
+def describeSSLError(value: SSL.Error) -> str:
     """Pick the readable reason out of OpenSSL's error list."""
     reasons = []
     entries = value.args[0] if value.args and isinstance(value.args[0], list) else []
@@ -57,7 +57,7 @@ def describeFailure(reason: Failure, host: str, step: str) -> YaDiskPushError:
             host, f"the certificate is not valid for {host!r} ({names})"
         )
     if isinstance(value, SSL.Error):
-        return CertificateError(host, _describeSSLError(value))
+        return CertificateError(host, describeSSLError(value))
     if isinstance(value, jabberError.StreamError):
         return StreamErrorReceived(value.condition, value.text)
     if isinstance(value, jabberError.StanzaError):

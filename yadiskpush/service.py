@@ -14,9 +14,10 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application import service
 from twisted.application.internet import ClientService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import (
@@ -45,6 +46,7 @@ from yadiskpush.errors import (
     StreamErrorReceived,
     YaDiskPushError,
 )
+from yadiskpush.failures import describeSSLError
 from yadiskpush.handlers.keepalive import KeepaliveHandler
 from yadiskpush.handlers.ping import PingHandler
 from yadiskpush.handlers.push import PushHandler
@@ -228,6 +230,11 @@ class PushService(service.Service):
         self._stopping = True
         d = self._closeStream()
         d.addCallback(lambda _: self.clientService.stopService())
+        # ClientService fires that from inside a transition of its state
+        # machine, which is not reentrant: a caller stopping it again from
+        # our Deferred's callbacks would get a RuntimeError. Fire one
+        # reactor turn later, once the machine has settled.
+        d.addCallback(lambda _: task.deferLater(self.reactor, 0, lambda: None))
         d.addCallback(lambda _: self.log.info("Push client stopped"))
         return d
 
@@ -276,7 +283,7 @@ class PushService(service.Service):
         xs.addObserver(
             COMPRESSION_REFUSED_EVENT,
             lambda refusal: self.log.warn(
-                "{message}; going on without compression", message=str(refusal)
+                "{problem}; going on without compression", problem=str(refusal)
             ),
         )
 
@@ -306,11 +313,13 @@ class PushService(service.Service):
         self.reconnectPolicy.recordFailure(reason)
         if isinstance(reason, StreamErrorReceived):
             reason = self._streamErrorTreatment(reason)
+        # Not "message": the legacy log bridge overwrites a field of that
+        # name with () in the shared event, for every observer after it.
         if reason.fatal:
-            self.log.error("{message}", message=reason.message)
+            self.log.error("{problem}", problem=reason.message)
             self._giveUp(reason)
         elif not self._stopping:
-            self.log.warn("{message}", message=reason.message)
+            self.log.warn("{problem}", problem=reason.message)
         waiters, self._failureWaiters = self._failureWaiters, []
         for d in waiters:
             d.callback(reason)
@@ -408,6 +417,9 @@ def _splitHostPort(target: str, defaultPort: int) -> tuple[str, int]:
 def _lossDetail(reason: Failure, subscribed: bool) -> str:
     if reason.check(ConnectionDone):
         detail = "the server closed the connection"
+    elif reason.check(SSL.Error):
+        # Not OpenSSL's list of tuples: its reasons, readable.
+        detail = "TLS error: " + describeSSLError(reason.value)
     else:
         detail = str(reason.value) or type(reason.value).__name__
     return detail if subscribed else detail + ", before the subscription was answered"

@@ -90,10 +90,10 @@ class PushHandler(XMPPHandler):
             if isinstance(reason.value, YaDiskPushError):
                 # Expected (disk full, queue full): one line, no traceback.
                 self._log.error(
-                    "Could not deliver push {id}: {message}; answering with an "
+                    "Could not deliver push {id}: {problem}; answering with an "
                     "error so the server does not count it as delivered",
                     id=notification.stanzaId,
-                    message=str(reason.value),
+                    problem=str(reason.value),
                 )
             else:
                 self._log.failure(
