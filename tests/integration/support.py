@@ -14,9 +14,11 @@ import tempfile
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from yadiskpush.localserver import LocalServer
+from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.secret import Secret
 from yadiskpush.service import PushService
 from yadiskpush.settings import Settings
@@ -78,11 +80,86 @@ class LocalServerTestCase(TestCase):
         self.addCleanup(_stopIfRunning, service)
         return service
 
+    def startFastClient(
+        self, settings: Settings, observer: Any = None
+    ) -> tuple[PushService, CompressedTimePolicy]:
+        """
+        Like :meth:`startClient`, with a :class:`CompressedTimePolicy` (and
+        ``observer`` for notifications): for tests that reconnect many times.
+        """
+        service = PushService(settings, reactor=reactor)
+        policy = CompressedTimePolicy()
+        service.reconnectPolicy = policy
+        if observer is not None:
+            service.addNotificationObserver(observer)
+        service.startService()
+        self.addCleanup(_stopIfRunning, service)
+        return service, policy
+
+    def captureLogs(self) -> LogCapture:
+        """Record every log event until the test ends."""
+        capture = LogCapture()
+        globalLogPublisher.addObserver(capture)
+        self.addCleanup(globalLogPublisher.removeObserver, capture)
+        return capture
+
+
+#: How many times faster than asked a :class:`CompressedTimePolicy` waits.
+TIME_SCALE = 100.0
+
+
+class CompressedTimePolicy(ReconnectPolicy):
+    """
+    The service's real reconnect policy (floors per stream error, redirects,
+    the conflict count) with a flat 1 s backoff, whose waits all pass
+    :data:`TIME_SCALE` times faster. Tests assert the delay the policy asked
+    for (``requested``) instead of waiting a minute for it.
+
+    :ivar requested: every delay the policy decided on, in seconds, in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(backoff=lambda failures: 1.0)
+        self.requested: list[float] = []
+
+    def __call__(self, attempt: int) -> float:
+        delay = super().__call__(attempt)
+        self.requested.append(delay)
+        return delay / TIME_SCALE
+
+
+class LogCapture:
+    """A log observer that keeps every event, for assertions on the log."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def messages(self, level: LogLevel | None = None) -> list[str]:
+        """Every event formatted as a person reads it (of ``level``, if given)."""
+        return [
+            formatEvent(e)
+            for e in self.events
+            if level is None or e.get("log_level") == level
+        ]
+
+    def clientMessages(self, level: LogLevel | None = None) -> list[str]:
+        """Like :meth:`messages`, only the client account's own log lines."""
+        return [
+            formatEvent(e)
+            for e in self.events
+            if str(e.get("log_namespace", "")).startswith("yadiskpush.account.")
+            and (level is None or e.get("log_level") == level)
+        ]
+
 
 def _stopIfRunning(service: PushService) -> defer.Deferred[None] | None:
+    # A service that gave up has stopped its ClientService already.
     if service.running:
         return service.stopService()
-    return service.clientService.stopService()
+    return None
 
 
 def _removeTree(path: str) -> None:
