@@ -73,6 +73,14 @@ class LocalServerTestCase(TestCase):
         values.update(overrides)
         return Settings(**values)
 
+    @defer.inlineCallbacks
+    def readySession(self, server: LocalServer, service: PushService) -> Any:
+        """Wait for the client's next subscribed session; return the server's."""
+        yield service.whenReady()
+        [session] = server.openSessions(LOGIN)
+        self.assertTrue(session.subscribed)
+        return session
+
     def startClient(self, settings: Settings) -> PushService:
         """Start a PushService; stopped (cleanly) on cleanup."""
         service = PushService(settings, reactor=reactor)

@@ -31,7 +31,7 @@ from yadiskpush.errors import (
     ConnectionLostError,
     ConnectionStalled,
 )
-from yadiskpush.localserver import Faults, LocalServer, NoAnswer, ServerSession
+from yadiskpush.localserver import Faults, LocalServer, NoAnswer
 from yadiskpush.localserver.session import STARTTLS_PORT, TLS_PORT
 from yadiskpush.notification import Notification
 from yadiskpush.service import PushService
@@ -41,16 +41,6 @@ Steps = Generator[defer.Deferred[Any], Any, None]
 
 
 class DisconnectTestCase(LocalServerTestCase):
-    @defer.inlineCallbacks
-    def readySession(
-        self, server: LocalServer, service: PushService
-    ) -> Generator[Any, Any, ServerSession]:
-        """Wait for the client's next subscribed session; return the server's."""
-        yield service.whenReady()
-        [session] = server.openSessions(LOGIN)
-        self.assertTrue(session.subscribed)
-        return session
-
     @defer.inlineCallbacks
     def pushAcked(self, server: LocalServer) -> Generator[Any, Any, str]:
         """Push once; return the id after asserting the client acked it."""

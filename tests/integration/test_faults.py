@@ -72,16 +72,6 @@ class FaultTestCase(LocalServerTestCase):
         return server, service, policy, received
 
     @defer.inlineCallbacks
-    def readySession(
-        self, server: LocalServer, service: PushService
-    ) -> Generator[Any, Any, ServerSession]:
-        """Wait for the client's next subscribed session; return the server's."""
-        yield service.whenReady()
-        [session] = server.openSessions(LOGIN)
-        self.assertTrue(session.subscribed)
-        return session
-
-    @defer.inlineCallbacks
     def assertPushesArrive(
         self,
         server: LocalServer,
