@@ -123,6 +123,7 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         self.failureReason: YaDiskPushError | None = None
         self.redirectTarget: str | None = None
         self.sessionOpen = False
+        self._tlsReported = False
         self._handshakeTimer: IDelayedCall | None = None
         self.onFailure: Callable[[YaDiskPushError], None] | None = None
 
@@ -154,6 +155,7 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         self.failureReason = None
         self.redirectTarget = None
         self.sessionOpen = False
+        self._tlsReported = False
         self.jid = JID(
             tuple=(self.settings.login, self.settings.domain, self.settings.resource)
         )
@@ -166,8 +168,10 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         xmlstream.ConnectAuthenticator.connectionMade(self)
 
     def streamStarted(self, rootElement: Any) -> None:
-        if self.step == "TLS handshake":
-            # Data arrived through TLS, so the certificate passed verification.
+        if self.encrypted and not self._tlsReported:
+            # Data arrived through TLS, so the certificate passed verification
+            # (after STARTTLS, or on the direct-TLS port).
+            self._tlsReported = True
             self._log.info(
                 "TLS established; certificate verified for {host}", host=self.host
             )
