@@ -67,3 +67,20 @@ def sentElements(data: bytes) -> list[domish.Element]:
         b"xmlns:stream='http://etherx.jabber.org/streams'>" + data
     )
     return elements
+
+
+def watchedStream(
+    maxStanzaSize: int,
+) -> tuple[PushXmlStream, StringTransport, list[object]]:
+    """
+    A fresh client stream with a stanza limit, before any input, and the
+    list its stream errors are collected in.
+    """
+    xs = PushXmlStream(FakeAuthenticator())
+    xs.maxStanzaSize = maxStanzaSize
+    errors: list[object] = []
+    xs.addObserver(xmlstream.STREAM_ERROR_EVENT, errors.append)
+    transport = StringTransport()
+    xs.makeConnection(transport)
+    transport.clear()
+    return xs, transport, errors

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.words.protocols.jabber import xmlstream
 
-from tests.support import SERVER_HEADER, FakeAuthenticator, connectedStream
+from tests.support import SERVER_HEADER, connectedStream, watchedStream
 from yadiskpush.errors import ProtocolViolation
-from yadiskpush.stream import PushXmlStream, redactTraffic
+from yadiskpush.stream import redactTraffic
 
 
 def feed(data: bytes, maxStanzaSize: int = 4096):  # type: ignore[no-untyped-def]
     """A fresh client stream fed ``data``; returns (stream, transport, errors)."""
-    from twisted.internet.testing import StringTransport
-
-    xs = PushXmlStream(FakeAuthenticator())
-    xs.maxStanzaSize = maxStanzaSize
-    errors: list[object] = []
-    xs.addObserver(xmlstream.STREAM_ERROR_EVENT, errors.append)
-    transport = StringTransport()
-    xs.makeConnection(transport)
-    transport.clear()
+    xs, transport, errors = watchedStream(maxStanzaSize)
     xs.dataReceived(data)
     return xs, transport, errors
 

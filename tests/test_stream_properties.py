@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.words.protocols.jabber import xmlstream
 
-from tests.support import SERVER_HEADER, FakeAuthenticator
+from tests.support import SERVER_HEADER, watchedStream
 from yadiskpush.compression import Deflater, Inflater
 from yadiskpush.stream import PushXmlStream
 
@@ -32,13 +31,7 @@ VALID = (
 
 
 def newStream() -> tuple[PushXmlStream, StringTransport, list[object]]:
-    xs = PushXmlStream(FakeAuthenticator())
-    xs.maxStanzaSize = LIMIT
-    errors: list[object] = []
-    xs.addObserver(xmlstream.STREAM_ERROR_EVENT, errors.append)
-    transport = StringTransport()
-    xs.makeConnection(transport)
-    return xs, transport, errors
+    return watchedStream(LIMIT)
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
