@@ -118,13 +118,19 @@ class RedactionTests(SynchronousTestCase):
         self.assertNotIn("s3cr3t", line)
 
 
+def resettingOnProceed():  # type: ignore[no-untyped-def]
+    """A stream that resets at <proceed/>, as STARTTLS does, and what it sees."""
+    xs, transport = connectedStream()
+    seen: list[object] = []
+    xs.addObserver("/iq", seen.append)
+    xs.addOnetimeObserver("/proceed", lambda _: xs.reset())
+    return xs, seen
+
+
 class StartTLSInjectionTests(SynchronousTestCase):
     def test_bytesAfterResetDropped(self) -> None:
         """Stanzas sent in clear after <proceed/> in the same read are ignored."""
-        xs, transport = connectedStream()
-        seen: list[object] = []
-        xs.addObserver("/iq", seen.append)
-        xs.addOnetimeObserver("/proceed", lambda _: xs.reset())
+        xs, seen = resettingOnProceed()
         xs.dataReceived(
             b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
             b"<iq type='set' id='injected'/>"
@@ -134,10 +140,7 @@ class StartTLSInjectionTests(SynchronousTestCase):
 
     def test_largeReadAfterResetDropped(self) -> None:
         """The rest of a read longer than one parse slice is dropped too."""
-        xs, transport = connectedStream()
-        seen: list[object] = []
-        xs.addObserver("/iq", seen.append)
-        xs.addOnetimeObserver("/proceed", lambda _: xs.reset())
+        xs, seen = resettingOnProceed()
         xs.dataReceived(
             b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
             + b" " * 100000

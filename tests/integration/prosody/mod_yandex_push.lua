@@ -116,24 +116,27 @@ local function socket_info(session)
 	};
 end
 
-module:hook("authentication-success", function (event)
+-- One record per SASL outcome, with the connection's TLS facts.
+local function record_auth(event, result)
 	local session = event.session;
 	local entry = socket_info(session);
 	entry.event = "auth";
-	entry.result = "success";
-	entry.username = session.username;
+	entry.result = result;
 	entry.mechanism = session.sasl_handler and session.sasl_handler.selected;
+	if result == "success" then
+		entry.username = session.username;
+	else
+		entry.condition = event.condition;
+	end
 	record(entry);
+end
+
+module:hook("authentication-success", function (event)
+	record_auth(event, "success");
 end);
 
 module:hook("authentication-failure", function (event)
-	local session = event.session;
-	local entry = socket_info(session);
-	entry.event = "auth";
-	entry.result = "failure";
-	entry.condition = event.condition;
-	entry.mechanism = session.sasl_handler and session.sasl_handler.selected;
-	record(entry);
+	record_auth(event, "failure");
 end);
 
 module:hook("pre-resource-bind", function (event)
