@@ -16,8 +16,8 @@ from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from yadiskpush.connection.stream import PushXmlStream
 from yadiskpush.secret import Secret
-from yadiskpush.stream import PushXmlStream
 
 SERVER_HEADER = (
     b"<stream:stream xmlns='jabber:client' "

@@ -1,4 +1,4 @@
-"""Tests for yadiskpush.compression: the zlib layer and the initializer."""
+"""Tests for yadiskpush.connection.compression: the zlib layer and the initializer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.words.protocols.jabber.xmlstream import Reset
 from twisted.words.xish import domish
 
 from tests.support import SERVER_HEADER, connectedStream, sentElements
-from yadiskpush.compression import (
+from yadiskpush.connection.compression import (
     NS_COMPRESS_FEATURE,
     CompressingTransport,
     CompressionInitiatingInitializer,

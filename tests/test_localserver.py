@@ -29,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 
+from yadiskpush.connection.stream import PushXmlStream
 from yadiskpush.localserver import (
     VERSION_QUERY_ID,
     CertificateAuthority,
@@ -44,7 +45,6 @@ from yadiskpush.localserver.hostile import (
     oversizedStanza,
     streamHeader,
 )
-from yadiskpush.stream import PushXmlStream
 
 #: What an inlineCallbacks test generator is.
 Steps = Generator[defer.Deferred[Any], Any, None]

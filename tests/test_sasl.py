@@ -1,4 +1,4 @@
-"""Tests for yadiskpush.sasl: the X-YANDEX-OAUTH payload and initializer."""
+"""Tests for yadiskpush.connection.sasl: the X-YANDEX-OAUTH payload and initializer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber import sasl as twistedSASL
 
 from tests.support import connectedStream, sentElements
+from yadiskpush.connection.sasl import YandexOAuth, YandexOAuthInitializer, oauthPayload
 from yadiskpush.errors import AuthenticationFailed, InsecureAuthenticationRefused
-from yadiskpush.sasl import YandexOAuth, YandexOAuthInitializer, oauthPayload
 from yadiskpush.secret import Secret
 
 NS_SASL = twistedSASL.NS_XMPP_SASL

@@ -1,5 +1,5 @@
 """
-Tests for yadiskpush.sinks.execute: real child processes on the real reactor.
+Tests for yadiskpush.delivery.sinks.execute: real child processes on the real reactor.
 
 The tests never sleep. A run that must stay in progress blocks reading a
 line from a FIFO the test holds open, and the test writes that line when
@@ -21,9 +21,9 @@ from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 from wokkel.generic import parseXml
 
+from yadiskpush.delivery.sinks import DeliveryFailed, ExecSink, Sink, encodeJSONLine
+from yadiskpush.delivery.sinks.execute import childEnvironment, environmentName
 from yadiskpush.notification import Notification
-from yadiskpush.sinks import DeliveryFailed, ExecSink, Sink, encodeJSONLine
-from yadiskpush.sinks.execute import childEnvironment, environmentName
 
 # Writes the child's environment as JSON to the file named by $1.
 DUMP_ENV = (

@@ -1,4 +1,4 @@
-"""Tests for yadiskpush.sinks.jsonlines: one flushed JSON line per push."""
+"""Tests for yadiskpush.delivery.sinks.jsonlines: one flushed JSON line per push."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 from wokkel.generic import parseXml
 
+from yadiskpush.delivery.sinks import DeliveryFailed, JSONLinesSink, Sink
 from yadiskpush.errors import ConfigurationError
 from yadiskpush.notification import Notification
-from yadiskpush.sinks import DeliveryFailed, JSONLinesSink, Sink
 
 
 def makeNotification(number: int, path: str = "/disk/file.txt") -> Notification:

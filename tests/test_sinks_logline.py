@@ -1,4 +1,4 @@
-"""Tests for yadiskpush.sinks.logline: one readable log line per push."""
+"""Tests for yadiskpush.delivery.sinks.logline: one readable log line per push."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from wokkel.generic import parseXml
 
+from yadiskpush.delivery.sinks import LogSink, Sink
 from yadiskpush.notification import Notification
-from yadiskpush.sinks import LogSink, Sink
 
 
 def makeNotification() -> Notification:

@@ -1,12 +1,12 @@
-"""Tests for yadiskpush.stream: restricted XML, size limits, redaction."""
+"""Tests for yadiskpush.connection.stream: restricted XML, size limits, redaction."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import SERVER_HEADER, connectedStream, watchedStream
+from yadiskpush.connection.stream import redactTraffic
 from yadiskpush.errors import ProtocolViolation
-from yadiskpush.stream import redactTraffic
 
 
 def feed(data: bytes, maxStanzaSize: int = 4096):  # type: ignore[no-untyped-def]

@@ -14,8 +14,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import SERVER_HEADER, watchedStream
-from yadiskpush.compression import Deflater, Inflater
-from yadiskpush.stream import PushXmlStream
+from yadiskpush.connection.compression import Deflater, Inflater
+from yadiskpush.connection.stream import PushXmlStream
 
 LIMIT = 8192
 

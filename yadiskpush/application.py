@@ -16,9 +16,9 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from yadiskpush.delivery.sinks import Sink
 from yadiskpush.notification import Notification
 from yadiskpush.service import PushService
-from yadiskpush.sinks import Sink
 
 
 class PushApplication(service.Service):

@@ -158,7 +158,7 @@ class Options(usage.Options):
         if self["exec"] is not None and not self["exec"].strip():
             raise ConfigurationError("--exec needs a command")
         if self["ca-file"]:
-            from yadiskpush.endpoints import loadTrustRoot
+            from yadiskpush.connection.endpoint import loadTrustRoot
 
             loadTrustRoot(self["ca-file"])
         path = self["json-out"]
@@ -206,7 +206,7 @@ class Options(usage.Options):
 
 def buildSinks(options: Options, reactor: Any) -> list[Any]:
     """The sinks the options ask for; a log line when none is given."""
-    from yadiskpush.sinks import ExecSink, JSONLinesSink, LogSink
+    from yadiskpush.delivery.sinks import ExecSink, JSONLinesSink, LogSink
 
     sinks: list[Any] = []
     if options["json-out"]:

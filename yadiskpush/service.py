@@ -4,7 +4,7 @@ The public service: one account's push connection, from start to clean stop.
 :class:`PushService` is what an application adds to its ``Application`` or
 ``MultiService`` (the twistd plugin does exactly that). Inside, Twisted's
 ``ClientService`` owns the connection and its reconnects, behind the
-STARTTLS/direct-TLS :class:`~yadiskpush.endpoints.FallbackEndpoint`; wokkel's
+STARTTLS/direct-TLS :class:`~yadiskpush.connection.endpoint.FallbackEndpoint`; wokkel's
 ``StreamManager`` routes stanzas to the handlers.
 """
 
@@ -33,12 +33,14 @@ from twisted.words.protocols.jabber.jid import JID
 from wokkel.generic import FallbackHandler
 from wokkel.subprotocols import StreamManager, XMPPHandler
 
-from yadiskpush.authenticator import YandexAuthenticator, makeClientFactory
-from yadiskpush.compression import (
+from yadiskpush.connection.authenticator import YandexAuthenticator, makeClientFactory
+from yadiskpush.connection.compression import (
     COMPRESSION_REFUSED_EVENT,
     COMPRESSION_STARTED_EVENT,
 )
-from yadiskpush.endpoints import FallbackEndpoint, tlsOptionsFor
+from yadiskpush.connection.endpoint import FallbackEndpoint, tlsOptionsFor
+from yadiskpush.connection.sasl import oauthPayload
+from yadiskpush.connection.stream import PushXmlStream, redactTraffic
 from yadiskpush.errors import (
     ConfigurationError,
     ConnectionLostError,
@@ -54,9 +56,7 @@ from yadiskpush.handlers.subscription import SubscriptionHandler
 from yadiskpush.handlers.version import VersionHandler
 from yadiskpush.notification import Notification
 from yadiskpush.reconnect import ReconnectPolicy
-from yadiskpush.sasl import oauthPayload
 from yadiskpush.settings import Settings
-from yadiskpush.stream import PushXmlStream, redactTraffic
 
 NotificationObserver = Callable[[Notification], "defer.Deferred[Any] | None"]
 

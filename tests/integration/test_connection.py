@@ -11,7 +11,7 @@ from twisted.internet import defer
 
 from tests.integration.support import LOGIN, LocalServerTestCase, closedPort
 from yadiskpush import __version__
-from yadiskpush.endpoints import DIRECT_TLS, STARTTLS
+from yadiskpush.connection.endpoint import DIRECT_TLS, STARTTLS
 from yadiskpush.errors import (
     AuthenticationFailed,
     CertificateError,

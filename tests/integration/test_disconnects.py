@@ -25,7 +25,8 @@ from tests.integration.support import (
     closedPort,
 )
 from yadiskpush.application import PushApplication
-from yadiskpush.endpoints import DIRECT_TLS, STARTTLS
+from yadiskpush.connection.endpoint import DIRECT_TLS, STARTTLS
+from yadiskpush.delivery.sinks import JSONLinesSink
 from yadiskpush.errors import (
     ConnectFailed,
     ConnectionLostError,
@@ -35,7 +36,6 @@ from yadiskpush.localserver import Faults, LocalServer, NoAnswer
 from yadiskpush.localserver.session import STARTTLS_PORT, TLS_PORT
 from yadiskpush.notification import Notification
 from yadiskpush.service import PushService
-from yadiskpush.sinks import JSONLinesSink
 
 Steps = Generator[defer.Deferred[Any], Any, None]
 

@@ -25,7 +25,7 @@ from tests.integration.prosody.harness import (
     writeUnrelatedAuthority,
 )
 from yadiskpush import __version__
-from yadiskpush.endpoints import DIRECT_TLS, STARTTLS
+from yadiskpush.connection.endpoint import DIRECT_TLS, STARTTLS
 from yadiskpush.errors import (
     AuthenticationFailed,
     CertificateError,

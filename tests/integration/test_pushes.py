@@ -25,11 +25,11 @@ from twisted.words.xish import domish
 from tests.integration.support import LOGIN, LocalServerTestCase
 from tests.test_sinks_execute import LogRecorder, isRunEnd
 from yadiskpush.application import PushApplication
+from yadiskpush.delivery.sinks import ExecSink, JSONLinesSink, Sink
 from yadiskpush.localserver import LocalServer, NoAnswer, ServerSession
 from yadiskpush.notification import NS_DISK_PUSH, Notification, PushChild
 from yadiskpush.service import PushService
 from yadiskpush.settings import Settings
-from yadiskpush.sinks import ExecSink, JSONLinesSink, Sink
 
 Steps = Generator[defer.Deferred[Any], Any, None]
 

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet import defer
 
 from tests.integration.support import LOGIN, LocalServerTestCase, closedPort
+from yadiskpush.connection.sasl import oauthPayload
 from yadiskpush.errors import (
     AuthenticationFailed,
     CertificateError,
@@ -28,7 +29,6 @@ from yadiskpush.errors import (
 )
 from yadiskpush.localserver import CertificateAuthority, hostile
 from yadiskpush.localserver.session import TLS_PORT
-from yadiskpush.sasl import oauthPayload
 from yadiskpush.secret import Secret
 
 Steps = Generator[defer.Deferred[Any], Any, None]

@@ -28,7 +28,8 @@ from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
 from twisted.words.xish import domish
 
-from yadiskpush.compression import NS_COMPRESS_PROTOCOL, startCompression
+from yadiskpush.connection.compression import NS_COMPRESS_PROTOCOL, startCompression
+from yadiskpush.connection.stream import PushXmlStream
 from yadiskpush.errors import ProtocolViolation
 from yadiskpush.localserver import stanzas
 from yadiskpush.localserver.faults import Faults
@@ -43,7 +44,6 @@ from yadiskpush.localserver.stanzas import (
     NS_XMPP_SESSION,
     NS_XMPP_TLS,
 )
-from yadiskpush.stream import PushXmlStream
 
 if TYPE_CHECKING:
     from yadiskpush.localserver.server import LocalServer

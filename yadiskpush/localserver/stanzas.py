@@ -11,7 +11,7 @@ from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
 from twisted.words.xish import domish
 
-from yadiskpush.compression import NS_COMPRESS_FEATURE, NS_COMPRESS_PROTOCOL
+from yadiskpush.connection.compression import NS_COMPRESS_FEATURE, NS_COMPRESS_PROTOCOL
 from yadiskpush.notification import NS_DISK_PUSH
 
 NS_CLIENT = "jabber:client"

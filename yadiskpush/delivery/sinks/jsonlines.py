@@ -10,9 +10,9 @@ from typing import BinaryIO
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from yadiskpush.delivery.sinks.base import DeliveryFailed
 from yadiskpush.errors import ConfigurationError
 from yadiskpush.notification import Notification
-from yadiskpush.sinks.base import DeliveryFailed
 
 # json.dumps(ensure_ascii=False) leaves these as they are, and they are line
 # breaks to str.splitlines() and to JavaScript: escape them so that any
@@ -51,7 +51,7 @@ class JSONLinesSink:
     (``--logfile``), its log lines share that descriptor with the JSON lines.
 
     If a write fails (disk full, closed pipe), the error is logged and
-    ``deliver`` fails with :class:`~yadiskpush.sinks.base.DeliveryFailed`; if
+    ``deliver`` fails with :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`; if
     part of the line had been written, the next line starts on a fresh line,
     so only the torn one is unreadable.
 
@@ -90,7 +90,7 @@ class JSONLinesSink:
     def deliver(self, notification: Notification) -> defer.Deferred[None]:
         """
         Write and flush the notification's line; fire when done, or fail
-        with :class:`~yadiskpush.sinks.base.DeliveryFailed`.
+        with :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`.
         """
         if self._closed:
             return defer.fail(

@@ -98,7 +98,7 @@ def startCompression(xs: xmlstream.XmlStream) -> None:
     Switch an XML stream to zlib in both directions and reset its parser.
 
     The stream must read ``xs.inflater`` in ``dataReceived`` (see
-    :class:`yadiskpush.stream.PushXmlStream`); both ends call this.
+    :class:`yadiskpush.connection.stream.PushXmlStream`); both ends call this.
     """
     xs.transport = CompressingTransport(xs.transport)
     xs.inflater = Inflater()

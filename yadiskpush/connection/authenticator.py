@@ -23,12 +23,12 @@ from twisted.words.protocols.jabber import client, xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from zope.interface import providedBy
 
-from yadiskpush.compression import CompressionInitiatingInitializer
+from yadiskpush.connection.compression import CompressionInitiatingInitializer
+from yadiskpush.connection.sasl import YandexOAuthInitializer
+from yadiskpush.connection.stream import PushXmlStream, PushXmlStreamFactory
 from yadiskpush.errors import HandshakeTimeout, StartTLSNotOffered, YaDiskPushError
 from yadiskpush.failures import describeFailure
-from yadiskpush.sasl import YandexOAuthInitializer
 from yadiskpush.settings import Settings
-from yadiskpush.stream import PushXmlStream, PushXmlStreamFactory
 
 
 def transportIsEncrypted(transport: Any) -> bool:

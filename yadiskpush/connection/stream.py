@@ -24,7 +24,7 @@ from twisted.words.protocols.jabber import error, xmlstream
 from twisted.words.xish import domish
 from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
 
-from yadiskpush.compression import Inflater
+from yadiskpush.connection.compression import Inflater
 from yadiskpush.errors import ProtocolViolation
 
 _SASL_PAYLOAD = re.compile(

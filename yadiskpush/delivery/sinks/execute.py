@@ -18,9 +18,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from yadiskpush.delivery.sinks.base import DeliveryFailed
+from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
 from yadiskpush.notification import Notification
-from yadiskpush.sinks.base import DeliveryFailed
-from yadiskpush.sinks.jsonlines import encodeJSONLine
 
 #: Never passed to the command, whatever the parent's environment holds.
 TOKEN_VARIABLE = "YADISKPUSH_TOKEN"
@@ -454,7 +454,7 @@ class ExecSink:
     command cannot be started at all, its notifications stay queued for the
     next attempt. Only a full queue (``maxPending`` notifications waiting)
     or a closed sink makes ``deliver`` fail, with
-    :class:`~yadiskpush.sinks.base.DeliveryFailed`, so the push is not
+    :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`, so the push is not
     acknowledged.
 
     **Close.** ``close()`` refuses new notifications, lets the current run
@@ -524,7 +524,7 @@ class ExecSink:
         """
         Queue the notification for a run (starting one if none is going)
         and fire at once; fail with
-        :class:`~yadiskpush.sinks.base.DeliveryFailed` if the sink is
+        :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed` if the sink is
         closed or the queue is full.
         """
         if self._closing:
