@@ -46,6 +46,12 @@ from twisted.words.xish import domish
 from yadiskpush.localserver.ca import CertificateAuthority, ServerCertificate
 from yadiskpush.localserver.events import Event, EventLog, Matcher
 from yadiskpush.localserver.faults import Faults
+from yadiskpush.localserver.redelivery import (
+    DEFAULT_REDELIVER_DELAY,
+    DEFAULT_WINDOW,
+    PushRecord,
+    RedeliveringPushQueue,
+)
 from yadiskpush.localserver.session import (
     STARTTLS_PORT,
     TLS_PORT,
@@ -145,6 +151,9 @@ class LocalServer:
     :ivar pushLog: every push sent, in order.
     :ivar acks: push id -> number of ``result`` answers (an exactly-once
         delivery test asserts ``acks[id] == 1``).
+    :ivar redelivery: the at-least-once queues behind :meth:`enqueue`; each
+        push's :class:`~yadiskpush.localserver.redelivery.PushRecord` is in
+        its ``records``.
     """
 
     def __init__(
@@ -165,6 +174,8 @@ class LocalServer:
         reactor: Any = None,
         clock: IReactorTime | None = None,
         logLevel: LogLevel = LogLevel.warn,
+        window: int = DEFAULT_WINDOW,
+        redeliverDelay: float = DEFAULT_REDELIVER_DELAY,
     ) -> None:
         """
         :param hostNames: names for the certificate's subjectAltName;
@@ -175,6 +186,11 @@ class LocalServer:
         :param reactor: where to listen; the global reactor by default.
         :param clock: timestamps and pings; ``reactor`` by default.
         :param logLevel: the lowest level of server log events passed on.
+        :param window: for :meth:`enqueue`d pushes, how many may be
+            unanswered on one session at a time.
+        :param redeliverDelay: for :meth:`enqueue`d pushes, seconds (on
+            ``clock``) before one refused with an ``error`` is sent again on
+            the same session.
         """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -208,6 +224,7 @@ class LocalServer:
         self._faultQueue: deque[Faults] = deque()
         self._pushCount = 0
         self._listeningPorts: list[IListeningPort] = []
+        self.redelivery = RedeliveringPushQueue(self, window, redeliverDelay)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -267,6 +284,7 @@ class LocalServer:
             if not session.closed:
                 waits.append(session.whenClosed())
                 session.abort()
+        self.redelivery.stop()
         self.events.record("stopped")
         return defer.gatherResults(waits).addCallback(lambda _: None)
 
@@ -295,7 +313,15 @@ class LocalServer:
         return session
 
     def _sessionClosed(self, session: ServerSession) -> None:
-        """Hook for the session's close; the record is in the event log."""
+        """
+        Hook for the session's close (the record is in the event log): what
+        it left unanswered of the redelivered pushes waits for the next.
+        """
+        self.redelivery.sessionClosed(session)
+
+    def _sessionSubscribed(self, session: ServerSession) -> None:
+        """Hook for a subscription: queued pushes go to the session now."""
+        self.redelivery.sessionSubscribed(session)
 
     def _resourceBound(self, session: ServerSession, full: jid.JID) -> None:
         # As on real servers, a second stream binding the same full JID
@@ -430,6 +456,10 @@ class LocalServer:
     def _pushAnswered(
         self, session: ServerSession, requestId: str, iq: domish.Element
     ) -> None:
+        # The queue first, so that whoever waits on ``push-acked`` or
+        # ``push-refused`` finds it up to date (and the freed window slot
+        # already refilled).
+        self.redelivery.pushAnswered(session, requestId, iq)
         if iq.getAttribute("type") == "result":
             self.acks[requestId] += 1
             self.events.record(
@@ -447,3 +477,41 @@ class LocalServer:
                 id=requestId,
                 condition=conditions[0] if conditions else None,
             )
+
+    # -- at-least-once pushes -------------------------------------------------
+
+    def enqueue(
+        self,
+        login: str,
+        attributes: dict[str, str] | None = None,
+        childrenXml: str = "",
+    ) -> str:
+        """
+        Push one Disk notification to ``login`` at least once, as the vendor
+        does: it is sent to every subscribed session of ``login`` (now, or
+        once one subscribes) and again, with the same id, until a client
+        answers it with a ``result``. See
+        :mod:`yadiskpush.localserver.redelivery` for the rules.
+
+        :param attributes: attributes of the ``yandex:push:disk`` query.
+        :param childrenXml: raw XML put inside the query, unchecked.
+        :returns: the push's id (unique; stable across re-sends).
+        """
+        return self.redelivery.enqueue(login, attributes, childrenXml)
+
+    def unacked(self, login: str) -> list[str]:
+        """Ids of :meth:`enqueue`d pushes of ``login`` not acked yet, in order."""
+        return self.redelivery.unacked(login)
+
+    def whenAllAcked(self, login: str) -> defer.Deferred[None]:
+        """Fires once every :meth:`enqueue`d push of ``login`` is acked."""
+        return self.redelivery.whenAllAcked(login)
+
+    def pushRecord(self, pushId: str) -> PushRecord:
+        """
+        The record of one :meth:`enqueue`d push: times sent and acked, the
+        sessions it went to.
+
+        :raises KeyError: for an id :meth:`enqueue` did not return.
+        """
+        return self.redelivery.records[pushId]

@@ -506,6 +506,7 @@ class ServerSession(xmlstream.ListenAuthenticator):
         self.subscribed = True
         self.xmlstream.send(xmlstream.toResponse(iq, "result"))
         self._record("subscribed", jid=self.jid.full() if self.jid else None)
+        self.server._sessionSubscribed(self)
 
     def _onAnswer(self, iq: domish.Element) -> None:
         requestId = iq.getAttribute("id")
@@ -614,16 +615,37 @@ class ServerSession(xmlstream.ListenAuthenticator):
         if self.jid is None or self.closed:
             raise RuntimeError(f"{self!r} has no bound resource to push to")
         requestId = self.server._nextPushId()
+        d = self.whenAnswered(requestId)
+        self.sendPush(requestId, attributes, childrenXml)
+        return d
+
+    def sendPush(
+        self,
+        requestId: str,
+        attributes: dict[str, str] | None = None,
+        childrenXml: str = "",
+    ) -> None:
+        """
+        Send one Disk push with a given id, without waiting for its answer.
+
+        The redelivering queue sends a push again under the same id, on this
+        session or the next, and follows its answers through the server
+        (``push-answer`` events); :meth:`push` is the one-off form that
+        picks a fresh id and returns the answer. Sent again on the same
+        session, the id collects every answer in :attr:`answers`.
+
+        :raises RuntimeError: if no resource is bound on this connection.
+        """
+        if self.jid is None or self.closed:
+            raise RuntimeError(f"{self!r} has no bound resource to push to")
         query = self._sendRequest("push", requestId, "set", (NS_DISK_PUSH, "query"))
         for name, value in (attributes or {}).items():
             query[name] = value
         if childrenXml:
             query.addRawXml(childrenXml)
         iq = query.parent
-        d = self.whenAnswered(requestId)
         self._flush(iq, "push", login=self.login, jid=self.jid.full())
         self.server._pushSent(self, requestId, iq.toXml())
-        return d
 
     # -- faults ---------------------------------------------------------------
 
