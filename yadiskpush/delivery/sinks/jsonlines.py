@@ -1,18 +1,32 @@
 """
-Appends each notification as one JSON line to a file or to standard output.
+Appends each notification as one JSON line to a file or to standard output,
+without ever blocking the reactor.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
-from typing import BinaryIO
+import os
+import stat
+from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from yadiskpush.delivery.sinks._fdwriter import DescriptorWriter, WriteFailed
 from yadiskpush.delivery.sinks.base import DeliveryFailed
 from yadiskpush.errors import ConfigurationError
 from yadiskpush.notification import Notification
+
+#: Bytes that may wait in memory for a slow reader before pushes are refused.
+DEFAULT_MAX_BUFFER = 1024 * 1024
+
+#: Seconds :meth:`JSONLinesSink.close` waits for a slow reader.
+DEFAULT_CLOSE_GRACE = 2.0
 
 # json.dumps(ensure_ascii=False) leaves these as they are, and they are line
 # breaks to str.splitlines() and to JavaScript: escape them so that any
@@ -39,113 +53,405 @@ class JSONLinesSink:
     Writes one JSON object per notification, one per line, to ``path``
     (``"-"``: the process's standard output).
 
-    Each line is written whole and flushed to the operating system before
-    ``deliver`` fires, so the client acknowledges only pushes that are in the
-    file, and ``tail -f`` sees each one at once. The file is opened in append
-    mode without a user-space buffer: every line is a single ``write`` on an
-    ``O_APPEND`` descriptor. Lines are not ``fsync``-ed; a power loss can lose
-    the last few.
+    ``deliver`` fires only once the whole line has been handed to the
+    operating system, so the client acknowledges only pushes that are in the
+    file or the pipe, and ``tail -f`` sees each one at once. Lines are not
+    ``fsync``-ed; a power loss can lose the last few.
 
-    ``"-"`` means file descriptor 1 itself, not ``sys.stdout``: ``twistd``
-    redirects ``sys.stdout`` into its log. Unless ``twistd`` logs to a file
-    (``--logfile``), its log lines share that descriptor with the JSON lines.
+    **Never blocking.** A regular file is written at once (one ``O_APPEND``
+    descriptor, no user-space buffer). Anything else (a pipe, a FIFO, a
+    socket, a terminal) is written in non-blocking mode by the reactor: when
+    the reader is slow, lines wait in memory, in order, and their pushes
+    wait for their ack. Once more than ``maxBuffer`` bytes wait, further
+    pushes are refused at once (the server sends them again later), and
+    that is logged once per stall. The client keeps answering the server
+    and honours a stop while the reader is stalled.
 
-    If a write fails (disk full, closed pipe), the error is logged and
-    ``deliver`` fails with :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`; if
-    part of the line had been written, the next line starts on a fresh line,
-    so only the torn one is unreadable.
+    **Standard output.** With ``"-"``, the sink takes the original standard
+    output for itself (a descriptor of its own) and points descriptor 1 at
+    standard error: *with ``-``, the log goes to standard error*, so
+    ``twistd``'s log (written to standard output by default) never mixes
+    with the JSON lines and never waits on a stalled JSON reader. For a pipe
+    the sink reopens it through ``/proc`` (Linux), so that its non-blocking
+    mode is its own; elsewhere it uses a duplicate and restores the mode on
+    close.
+
+    **Rotation.** Before each line, the sink checks that ``path`` still names
+    the file it has open (device and inode, as Python's
+    ``logging.handlers.WatchedFileHandler`` does); if it was renamed or
+    deleted, the sink opens ``path`` again (creating it), so logrotate works
+    without ``copytruncate``. :meth:`reopen` does it unconditionally (the
+    SIGHUP convention). If opening fails, that push is refused and the next
+    one tries again.
+
+    If a write fails (disk full, closed pipe), the error is logged once and
+    every line waiting is refused with
+    :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`; if part of a
+    line had been written, the next line starts on a fresh line, so only the
+    torn one is unreadable.
 
     :param path: file to append to, created if missing; ``"-"`` for stdout.
-    :param stdout: the binary stream ``"-"`` writes to instead of descriptor
-        1 (for tests); it is flushed but never closed.
-    :raises ConfigurationError: if ``path`` cannot be opened for appending.
+    :param reactor: watches non-blocking descriptors (``IReactorFDSet``);
+        the global reactor by default.
+    :param clock: times :meth:`close`'s grace; ``reactor`` by default.
+    :param maxBuffer: bytes that may wait for a slow reader.
+    :param closeGrace: seconds :meth:`close` waits for waiting lines.
+    :param stdoutFD: the descriptor ``"-"`` means (for tests).
+    :param stderrFD: the descriptor ``stdoutFD`` is pointed at once the sink
+        has its own copy; ``None`` leaves ``stdoutFD`` alone (for tests).
+    :raises ConfigurationError: if ``path`` cannot be opened for appending,
+        or standard output is not open.
     """
 
     _log = Logger()
 
-    def __init__(self, path: str, stdout: BinaryIO | None = None) -> None:
+    # The system call every regular-file write goes through.
+    _write = staticmethod(os.write)
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+        maxBuffer: int = DEFAULT_MAX_BUFFER,
+        closeGrace: float = DEFAULT_CLOSE_GRACE,
+        stdoutFD: int = 1,
+        stderrFD: int | None = 2,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
         self.path = path
-        self._ownsStream = False
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.maxBuffer = maxBuffer
+        self.closeGrace = closeGrace
+        self._fd: int | None = None
+        self._writer: DescriptorWriter | None = None
+        self._identity: tuple[int, int] | None = None
+        self._restoreFlags: int | None = None
         self._tornLine = False
+        self._refusing = False
         self._closed = False
+        self._released = False
+        self._closeTimer: IDelayedCall | None = None
+        self._closeWaiters: list[defer.Deferred[None]] = []
         if path == "-":
             self._name = "standard output"
-            if stdout is not None:
-                self._stream: BinaryIO = stdout
-            else:
-                self._stream = open(1, "wb", buffering=0, closefd=False)
-        else:
-            self._name = path
-            try:
-                self._stream = open(path, "ab", buffering=0)
-            except OSError as e:
+            fd, shared = _claimStdout(stdoutFD, stderrFD)
+            self._adopt(fd, shared)
+            return
+        self._name = path
+        try:
+            self._openPath()
+        except OSError as e:
+            if e.errno != errno.ENXIO:
                 raise ConfigurationError(
-                    f"cannot open the JSON output file {path!r}: {e.strerror or e}"
+                    f"cannot open the JSON output file {path!r}: {_reason(e)}"
                 ) from None
-            self._ownsStream = True
+            self._log.warn(
+                "Nothing reads the FIFO {output} yet; pushes are refused until "
+                "something does",
+                output=path,
+            )
 
     def __repr__(self) -> str:
         return f"<JSONLinesSink {self._name}>"
 
+    # -- the sink ---------------------------------------------------------
+
     def deliver(self, notification: Notification) -> defer.Deferred[None]:
         """
-        Write and flush the notification's line; fire when done, or fail
-        with :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`.
+        Write the notification's line; fire once all of it is with the
+        operating system, or fail with
+        :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`.
         """
+        stanzaId = notification.stanzaId
         if self._closed:
-            return defer.fail(
-                DeliveryFailed(notification.stanzaId, f"{self._name} is closed")
-            )
-        line = encodeJSONLine(notification)
-        if self._tornLine:
-            line = b"\n" + line
+            return defer.fail(DeliveryFailed(stanzaId, f"{self._name} is closed"))
         try:
-            self._writeAll(line)
-            self._stream.flush()
-        except (OSError, ValueError) as e:
-            # ValueError: the stream was closed under us.
-            reason = getattr(e, "strerror", None) or str(e)
+            self._followPath()
+        except OSError as e:
+            reason = _reason(e)
             self._log.error(
-                "Could not write push {id} to {output}: {reason}",
-                id=notification.stanzaId,
+                "Could not open {output} again: {reason}; trying again at the "
+                "next push",
                 output=self._name,
                 reason=reason,
             )
             return defer.fail(
-                DeliveryFailed(
-                    notification.stanzaId, f"writing to {self._name} failed: {reason}"
+                DeliveryFailed(stanzaId, f"opening {self._name} failed: {reason}")
+            )
+        line = encodeJSONLine(notification)
+        if self._writer is None:
+            return self._writeRegular(stanzaId, line)
+        return self._writeNonBlocking(self._writer, stanzaId, line)
+
+    def reopen(self) -> None:
+        """
+        Close and open ``path`` again, as logrotate expects on SIGHUP; lines
+        still waiting for a slow reader are refused. Nothing happens for
+        standard output. A failure is logged, and the next push tries again.
+        """
+        if self.path == "-" or self._closed:
+            return
+        try:
+            self._reopen()
+        except OSError as e:
+            self._log.error(
+                "Could not reopen {output}: {reason}; trying again at the next push",
+                output=self._name,
+                reason=_reason(e),
+            )
+        else:
+            self._log.info("Reopened {output}", output=self._name)
+
+    def close(self) -> defer.Deferred[None]:
+        """
+        Wait up to ``closeGrace`` seconds for lines a slow reader has not
+        taken yet, drop the rest (their pushes were never acknowledged, so
+        the server sends them again), and close the descriptor (descriptor
+        1 itself is left open). Never fails.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._released:
+            d.callback(None)
+            return d
+        self._closeWaiters.append(d)
+        if not self._closed:
+            self._closed = True
+            writer = self._writer
+            if writer is None or not writer.waitingChunks:
+                self._finishClose()
+            else:
+                self._closeTimer = self.clock.callLater(
+                    self.closeGrace, self._dropWaiting, writer
                 )
+                writer.whenDrained().addCallback(lambda _: self._finishClose())
+        return d
+
+    # -- opening ----------------------------------------------------------
+
+    def _openPath(self) -> None:
+        # O_NONBLOCK: opening a FIFO that nothing reads fails (ENXIO)
+        # instead of waiting for a reader; regular files ignore it.
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666
+        )
+        try:
+            self._adopt(fd, shared=False)
+        except OSError:
+            os.close(fd)
+            raise
+
+    def _adopt(self, fd: int, shared: bool) -> None:
+        """Write to ``fd`` from now on: directly, or through the reactor."""
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            self._writer = None
+        else:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            if not flags & os.O_NONBLOCK:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+                if shared:
+                    # Whoever shares this open file description gets its
+                    # blocking mode back when we close.
+                    self._restoreFlags = flags
+            self._writer = DescriptorWriter(
+                fd, self.reactor, self._name, self._writeFailed, self._writerDrained
+            )
+        self._fd = fd
+        self._identity = (info.st_dev, info.st_ino)
+
+    def _followPath(self) -> None:
+        """Open ``path`` again if it no longer names our file."""
+        if self.path == "-":
+            return
+        if self._fd is None:
+            self._openPath()
+            self._log.info("Opened {output}", output=self._name)
+            return
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            moved = True
+        else:
+            moved = (info.st_dev, info.st_ino) != self._identity
+        if moved:
+            self._reopen()
+            self._log.info(
+                "Reopened {output} (it was renamed or deleted)", output=self._name
+            )
+
+    def _reopen(self) -> None:
+        self._release("it was reopened before the line was written")
+        # A new file does not continue the torn line of the old one.
+        self._tornLine = False
+        self._openPath()
+
+    def _release(self, reason: str) -> None:
+        """Refuse what still waits and close our descriptor."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.abandon(reason)
+        fd, self._fd = self._fd, None
+        restoreFlags, self._restoreFlags = self._restoreFlags, None
+        if fd is None:
+            return
+        try:
+            if restoreFlags is not None:
+                fcntl.fcntl(fd, fcntl.F_SETFL, restoreFlags)
+            os.close(fd)
+        except OSError as e:
+            self._log.error(
+                "Closing {output} failed: {reason}",
+                output=self._name,
+                reason=_reason(e),
+            )
+
+    # -- writing ----------------------------------------------------------
+
+    def _writeRegular(self, stanzaId: str, line: bytes) -> defer.Deferred[None]:
+        """Write to a regular file at once: it never waits for a reader."""
+        assert self._fd is not None
+        if self._tornLine:
+            line = b"\n" + line
+        view = memoryview(line)
+        try:
+            while view:
+                written = self._write(self._fd, view)
+                if not written:
+                    raise OSError(errno.EIO, f"{self._name} accepted no data")
+                view = view[written:]
+        except OSError as e:
+            if len(view) < len(line):
+                self._tornLine = True
+            reason = _reason(e)
+            self._log.error(
+                "Could not write push {id} to {output}: {reason}",
+                id=stanzaId,
+                output=self._name,
+                reason=reason,
+            )
+            return defer.fail(
+                DeliveryFailed(stanzaId, f"writing to {self._name} failed: {reason}")
             )
         self._tornLine = False
         return defer.succeed(None)
 
-    def _writeAll(self, data: bytes) -> None:
-        # An unbuffered file may take only part of the data per call.
-        view = memoryview(data)
-        while view:
-            try:
-                written = self._stream.write(view)
-            except OSError:
-                if len(view) < len(data):
-                    self._tornLine = True
-                raise
-            if not written:
-                raise OSError(f"{self._name} accepted no data")
-            view = view[written:]
-
-    def close(self) -> defer.Deferred[None]:
-        """Flush, and close the file (standard output is left open)."""
-        if not self._closed:
-            self._closed = True
-            try:
-                if self._ownsStream:
-                    self._stream.close()
-                else:
-                    self._stream.flush()
-            except (OSError, ValueError) as e:
-                self._log.error(
-                    "Closing {output} failed: {reason}",
+    def _writeNonBlocking(
+        self, writer: DescriptorWriter, stanzaId: str, line: bytes
+    ) -> defer.Deferred[None]:
+        """Hand the line to the reactor's writer, unless too much waits."""
+        waiting = writer.pending
+        if waiting and waiting + len(line) > self.maxBuffer:
+            if not self._refusing:
+                self._refusing = True
+                self._log.warn(
+                    "{output} is not reading: {waiting} bytes are waiting, so "
+                    "pushes are refused (the server sends them again) until it "
+                    "reads again",
                     output=self._name,
-                    reason=getattr(e, "strerror", None) or str(e),
+                    waiting=waiting,
                 )
-        return defer.succeed(None)
+            return defer.fail(
+                DeliveryFailed(
+                    stanzaId, f"{self._name} is not reading; {waiting} bytes waiting"
+                )
+            )
+        if writer.torn:
+            line = b"\n" + line
+
+        def failed(reason: Failure) -> Failure:
+            reason.trap(WriteFailed)
+            return Failure(
+                DeliveryFailed(
+                    stanzaId, f"writing to {self._name} failed: {reason.value.reason}"
+                )
+            )
+
+        return writer.write(line).addErrback(failed)
+
+    def _writeFailed(self, reason: str, lines: int) -> None:
+        self._log.error(
+            "Could not write to {output}: {reason}; {lines} waiting line(s) "
+            "refused (their pushes are not acknowledged)",
+            output=self._name,
+            reason=reason,
+            lines=lines,
+        )
+
+    def _writerDrained(self) -> None:
+        if self._refusing:
+            self._refusing = False
+            self._log.info(
+                "{output} is reading again; pushes are taken again",
+                output=self._name,
+            )
+
+    # -- closing ----------------------------------------------------------
+
+    def _dropWaiting(self, writer: DescriptorWriter) -> None:
+        self._closeTimer = None
+        self._log.warn(
+            "Closing {output}: {lines} line(s) were not written within "
+            "{grace} seconds and are dropped; their pushes were not "
+            "acknowledged, so the server sends them again",
+            output=self._name,
+            lines=writer.waitingChunks,
+            grace=self.closeGrace,
+        )
+        # Fails the waiting lines; whenDrained then finishes the close.
+        writer.abandon("it was closed before the line was written")
+
+    def _finishClose(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
+        self._closeTimer = None
+        self._release("it was closed before the line was written")
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+def _claimStdout(stdoutFD: int, stderrFD: int | None) -> tuple[int, bool]:
+    """
+    A descriptor of our own for the original standard output, and whether
+    its open file description is shared with others; then ``stdoutFD``
+    points at ``stderrFD``.
+
+    :raises ConfigurationError: if ``stdoutFD`` is not open.
+    """
+    try:
+        info = os.fstat(stdoutFD)
+    except OSError as e:
+        raise ConfigurationError(
+            f"cannot write JSON lines to standard output: {_reason(e)}"
+        ) from None
+    fd: int | None = None
+    if stat.S_ISFIFO(info.st_mode):
+        # Opening the pipe again gives a new open file description, so the
+        # non-blocking mode set on it affects no one else (the shell's
+        # pipeline, another process writing the same pipe). Without /proc
+        # (not Linux), or if nothing reads the pipe (ENXIO), share instead.
+        try:
+            fd = os.open(f"/proc/self/fd/{stdoutFD}", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            fd = None
+    shared = fd is None
+    if fd is None:
+        fd = os.dup(stdoutFD)
+    if stderrFD is not None:
+        os.dup2(stderrFD, stdoutFD)
+    return fd, shared
+
+
+def _reason(error: OSError) -> str:
+    if error.errno == errno.ENXIO:
+        # What opening a FIFO without a reader in non-blocking mode means.
+        return "nothing is reading it"
+    return error.strerror or str(error)
