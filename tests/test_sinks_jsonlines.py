@@ -618,7 +618,7 @@ class NonBlockingTests(JSONLinesSinkTestCase):
 
 
 class DescriptorWriterTests(JSONLinesSinkTestCase):
-    """The reactor-driven writer behind the sink marks a line cut off midway."""
+    """The reactor-driven writer behind the sink: cut-off and cancelled lines."""
 
     def test_cutOffLineIsTorn(self) -> None:
         """A line partly written when the reader goes away leaves the writer
@@ -645,6 +645,34 @@ class DescriptorWriterTests(JSONLinesSinkTestCase):
             self.assertEqual(len(failures), 1)
 
         return defer.DeferredList([d], consumeErrors=True).addCallback(check)
+
+    def test_cancelDropsAWaitingLine(self) -> None:
+        """Cancelling a line none of which was written drops it; cancelling
+        a partly written one still finishes it, so the output stays whole."""
+        sink, readEnd = self.pipeSink()
+        written, first = self.fillPipe(sink)
+        second = sink.deliver(bigNotification(901))
+        third = sink.deliver(bigNotification(902))
+        second.cancel()
+        self.failureResultOf(second, defer.CancelledError)
+        first.cancel()
+        self.failureResultOf(first, defer.CancelledError)
+        reader = PipeReader(readEnd)
+        self.addCleanup(lambda: None if reader.ended.called else reader.stop())
+        reader.start()
+
+        @defer.inlineCallbacks
+        def check() -> Any:
+            yield third
+            yield sink.close()
+            data = yield reader.ended
+            ids = [json.loads(line)["id"] for line in data.splitlines()]
+            self.assertEqual(
+                ids,
+                [n.stanzaId for n in written] + [f"push{len(written) + 1}", "push902"],
+            )
+
+        return check()
 
 
 class CloseTests(JSONLinesSinkTestCase):

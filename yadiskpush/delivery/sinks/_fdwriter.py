@@ -37,10 +37,10 @@ class WriteFailed(Exception):
 class _Chunk:
     __slots__ = ("data", "written", "done")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, canceller: Callable[[_Chunk], None]) -> None:
         self.data = data
         self.written = 0
-        self.done: defer.Deferred[None] = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred(lambda _: canceller(self))
 
 
 @implementer(IWriteDescriptor)
@@ -103,8 +103,11 @@ class DescriptorWriter:
 
         :returns: a Deferred that fires once every byte of ``data`` was
             written to the descriptor, or fails with :class:`WriteFailed`.
+            Cancelling it drops ``data`` if none of it was written yet; a
+            chunk already partly written is finished regardless, so that the
+            output is not torn.
         """
-        chunk = _Chunk(data)
+        chunk = _Chunk(data, self._cancel)
         self._queue.append(chunk)
         self._pending += len(data)
         if len(self._queue) == 1:
@@ -188,7 +191,8 @@ class DescriptorWriter:
             self._backlogged = False
             self._onDrained()
         for chunk in written:
-            chunk.done.callback(None)
+            if not chunk.done.called:  # cancelled while partly written
+                chunk.done.callback(None)
         if error is not None:
             self._fail(_describe(error), report=True)
         elif drained:
@@ -206,10 +210,23 @@ class DescriptorWriter:
         if chunks:
             self._onDrained()
         for chunk in chunks:
-            chunk.done.errback(WriteFailed(reason))
+            if not chunk.done.called:
+                chunk.done.errback(WriteFailed(reason))
         if chunks:
             self._fireDrainWaiters()
         return len(chunks)
+
+    def _cancel(self, chunk: _Chunk) -> None:
+        # Deferred.cancel then fails chunk.done with CancelledError.
+        if chunk.written or chunk not in self._queue:
+            return
+        self._queue.remove(chunk)
+        self._pending -= len(chunk.data)
+        if not self._queue:
+            self.stopWriting()
+            self._backlogged = False
+            self._onDrained()
+            self._fireDrainWaiters()
 
     def _fireDrainWaiters(self) -> None:
         waiters, self._drainWaiters = self._drainWaiters, []
