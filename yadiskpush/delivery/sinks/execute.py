@@ -1,15 +1,19 @@
 """
 Runs a shell command for notifications: one run at a time, with the pushes
-that arrive during a run coalesced into one follow-up run.
+that arrive during a run coalesced into one follow-up run, and every
+acknowledged push kept in a journal until a run has consumed it.
 """
 
 from __future__ import annotations
 
+import bisect
+import errno
+import json
 import os
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer, error
@@ -18,6 +22,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from yadiskpush.delivery.journal import Entry, Journal, JournalClosed
 from yadiskpush.delivery.sinks.base import DeliveryFailed
 from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
 from yadiskpush.notification import Notification
@@ -47,6 +52,13 @@ _GROUP_POLL_INTERVAL = 0.1
 
 _NOT_ALPHANUMERIC = re.compile(r"[^A-Z0-9]")
 
+#: Longest value, in bytes, put in one ``YADISKPUSH_*`` variable by default.
+MAX_ENV_VALUE = 4096
+
+#: Bytes of ``YADISKPUSH_*`` variables (names and values) per run by default;
+#: Linux refuses an ``execve`` whose strings exceed about 2 MiB (E2BIG).
+MAX_ENV_TOTAL = 64 * 1024
+
 
 def environmentName(attribute: str) -> str:
     """
@@ -59,8 +71,13 @@ def environmentName(attribute: str) -> str:
 
 
 def childEnvironment(
-    notifications: Sequence[Notification], parent: Mapping[str, str]
-) -> dict[str, str]:
+    last: Mapping[str, Any],
+    count: int,
+    parent: Mapping[str, str],
+    *,
+    maxValue: int = MAX_ENV_VALUE,
+    maxTotal: int = MAX_ENV_TOTAL,
+) -> tuple[dict[str, str], list[str]]:
     """
     The complete environment of one run, built explicitly: ``spawnProcess``
     would hand the whole parent environment, token included, to the child
@@ -68,26 +85,48 @@ def childEnvironment(
 
     It is ``parent`` without any ``YADISKPUSH_*`` variable (so never
     ``YADISKPUSH_TOKEN``), plus the variables documented on
-    :class:`ExecSink`, which describe the last of ``notifications``.
+    :class:`ExecSink`, which describe ``last``, the newest notification of
+    the run, in its :meth:`~yadiskpush.notification.Notification.toJSON`
+    form.
+
+    The server chooses the values, and one over-long value makes every
+    ``execve`` fail with E2BIG: a value longer than ``maxValue`` bytes is
+    left out, and so are the attributes (in name order) that would take the
+    ``YADISKPUSH_*`` variables past ``maxTotal`` bytes. Everything left out
+    is still on the run's standard input.
+
+    :param count: how many notifications the run reads.
+    :returns: the environment, and the names of the variables left out.
     """
     env = {
         name: value
         for name, value in parent.items()
         if name != TOKEN_VARIABLE and not name.startswith(ENV_PREFIX)
     }
-    last = notifications[-1]
-    # Attributes first, so that the fixed names win a (strange) collision.
-    for name, value in sorted(last.attributes.items()):
-        env[environmentName(name)] = value
-    env.update(
-        YADISKPUSH_COUNT=str(len(notifications)),
-        YADISKPUSH_ID=last.stanzaId,
-        YADISKPUSH_FROM=last.sender,
-        YADISKPUSH_TO=last.recipient,
-        YADISKPUSH_ELEMENT=last.element,
-        YADISKPUSH_RECEIVED_AT=repr(last.receivedAt),
-    )
-    return env
+    fixed = {
+        "YADISKPUSH_COUNT": str(count),
+        "YADISKPUSH_ID": str(last.get("id", "")),
+        "YADISKPUSH_FROM": str(last.get("from", "")),
+        "YADISKPUSH_TO": str(last.get("to", "")),
+        "YADISKPUSH_ELEMENT": str(last.get("element", "")),
+        "YADISKPUSH_RECEIVED_AT": repr(last.get("received_at")),
+    }
+    attributes: dict[str, str] = {}
+    for name, value in sorted(dict(last.get("attributes") or {}).items()):
+        # Two names may map to one variable: the later name wins, as before.
+        attributes[environmentName(name)] = str(value)
+    leftOut = []
+    total = 0
+    # The fixed names first: only attributes are left out for the total.
+    for name, value in [*fixed.items(), *attributes.items()]:
+        length = len(value.encode("utf-8", "surrogatepass"))
+        size = len(name) + length + 2  # "NAME=value\0"
+        if length > maxValue or (name in attributes and total + size > maxTotal):
+            leftOut.append(name)
+            continue
+        env[name] = value
+        total += size
+    return env, leftOut
 
 
 def _signalName(number: int) -> str:
@@ -152,22 +191,28 @@ class _Event:
 
 class _Run(ProcessProtocol):
     """
-    One run of the command: feeds it its notifications, logs its output and
-    exit, and enforces the timeout.
+    One run of the command: feeds it its journal entries, logs its output
+    and exit, and enforces the timeout (and the stop on shutdown).
 
     ``done`` happens when the run is over for the sink: the shell has exited
-    (and, after a timeout, its process group is gone or has been killed).
+    (and, after a timeout or a stop, its process group is gone or has been
+    killed).
     ``ended`` happens when its output pipes are closed too, which a
     background process the command started can put off indefinitely.
     """
 
-    def __init__(self, sink: ExecSink, notifications: list[Notification]) -> None:
+    def __init__(
+        self, sink: ExecSink, entries: list[Entry], last: Mapping[str, Any]
+    ) -> None:
         self.sink = sink
         self.reactor = sink.reactor
         self.log = sink._log
-        self.stdinData = b"".join(encodeJSONLine(n) for n in notifications)
-        self.count = len(notifications)
-        self.lastId = notifications[-1].stanzaId
+        self.entryIds = [entryId for entryId, _ in entries]
+        self.stdinData = b"".join(line for _, line in entries)
+        self.count = len(entries)
+        self.lastId = str(last.get("id", ""))
+        #: Stopped by close(): its entries stay journaled for the next start.
+        self.stoppedByShutdown = False
         self.ownGroup = False
         self.pid: int | None = None
         self.startedAt = self.reactor.seconds()
@@ -210,6 +255,28 @@ class _Run(ProcessProtocol):
         self._signal(signal.SIGTERM)
         self._killCall = self.reactor.callLater(self.sink.killGrace, self._kill)
 
+    def stop(self) -> None:
+        """
+        Stop the run because the sink is closing: SIGTERM to its process
+        group, SIGKILL ``killGrace`` seconds later. Its entries are then not
+        consumed. A run already being stopped by its timeout is left to it.
+        """
+        if self.done.happened or self.timedOut or self.stoppedByShutdown:
+            return
+        self.stoppedByShutdown = True
+        if self._timeoutCall is not None:
+            self._timeoutCall.cancel()
+            self._timeoutCall = None
+        self.log.warn(
+            "The command is still running {grace:g} s after the service began "
+            "to stop; stopping it (its {count} notification(s) stay journaled "
+            "for the next start)",
+            grace=self.sink.closeGrace,
+            count=self.count,
+        )
+        self._signal(signal.SIGTERM)
+        self._killCall = self.reactor.callLater(self.sink.killGrace, self._kill)
+
     def _kill(self) -> None:
         self._killCall = None
         if self._pollCall is not None:
@@ -248,7 +315,7 @@ class _Run(ProcessProtocol):
         if self._timeoutCall is not None:
             self._timeoutCall.cancel()
             self._timeoutCall = None
-        if self.timedOut and self._killCall is not None:
+        if (self.timedOut or self.stoppedByShutdown) and self._killCall is not None:
             # The shell is gone but what it started may still be stopping:
             # the next run waits until they exit or the grace period ends.
             self._waitForGroup()
@@ -288,7 +355,21 @@ class _Run(ProcessProtocol):
             count=self.count,
             id=self.lastId,
         )
-        if self.timedOut:
+        if self.stoppedByShutdown:
+            how = (
+                f"killed by {fields['signalName']}"
+                if signalNumber
+                else f"exit status {exitStatus}"
+            )
+            self.log.warn(
+                "The command was stopped for the shutdown ({how}); its {count} "
+                "notification(s) up to push {id} stay journaled for the next "
+                "start",
+                how=how,
+                stoppedByShutdown=True,
+                **fields,
+            )
+        elif self.timedOut:
             how = (
                 f"killed by {fields['signalName']}"
                 if signalNumber
@@ -408,14 +489,20 @@ class _Run(ProcessProtocol):
 class ExecSink:
     """
     Runs ``command`` with ``/bin/sh -c`` when notifications arrive, never
-    more than one run at a time and never losing a notification.
+    more than one run at a time and never losing an acknowledged push.
 
-    **Coalescing.** A notification arriving while no run is in progress
-    starts one at once. Notifications arriving during a run are queued, and
-    when it ends they all go to exactly one follow-up run: a hundred pushes
-    during one slow run cause one more run, not a hundred. ``deliver`` fires
-    as soon as the notification is queued, not when the command has run, so
-    a slow command does not hold back the acknowledgement of pushes.
+    **Durability.** ``deliver`` writes the notification to ``journal`` and
+    fires only once it is on disk: the push is acknowledged to the server
+    then, and from then on it survives a crash or SIGKILL. An entry leaves
+    the journal when a run that read it has ended, whatever its exit status.
+    At :meth:`start`, entries left by an earlier process (a crash, a kill, a
+    run cut short by a shutdown) are run first. So every acked push reaches
+    the command at least once; after a crash some may reach it twice.
+
+    **Coalescing.** A journaled notification starts a run at once if none
+    is in progress. Notifications journaled during a run all go to exactly
+    one follow-up run when it ends: a hundred pushes during one slow run
+    cause one more run, not a hundred.
 
     **Standard input** of a run is its notifications as JSON Lines, oldest
     first: one ``notification.toJSON()`` object per line, UTF-8, exactly
@@ -436,6 +523,11 @@ class ExecSink:
       upper-cased and non-alphanumerics turned into ``_`` (see
       :func:`environmentName`), e.g. ``YADISKPUSH_ATTR_TYPE``.
 
+    A value longer than ``maxEnvValue`` bytes is left out, and so are the
+    attributes past ``maxEnvTotal`` bytes of ``YADISKPUSH_*`` variables (a
+    200 KB value would make every start fail with E2BIG); the data is on
+    standard input, and each run logs the names it left out.
+
     **Logging.** Each run's exit status or signal, duration and number of
     notifications is logged, at info level on success and warn otherwise.
     The command's output is logged line by line (stdout at info, stderr at
@@ -450,17 +542,22 @@ class ExecSink:
     left behind on success are not waited for.
 
     **Failures.** A failing, crashing or hanging command is logged and
-    nothing more: the next notification starts a new run as usual. If the
-    command cannot be started at all, its notifications stay queued for the
-    next attempt. Only a full queue (``maxPending`` notifications waiting)
-    or a closed sink makes ``deliver`` fail, with
-    :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`, so the push is not
-    acknowledged.
+    nothing more (its notifications are consumed; it is not run again for
+    them). A command that cannot be started at all (E2BIG, a missing
+    shell) is tried again after ``retryDelay`` seconds, doubling up to
+    ``maxRetryDelay``, with one log line per failure; its notifications
+    stay journaled. ``deliver`` fails with
+    :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`, so that the
+    push is not acknowledged, when the sink is closed, when ``maxPending``
+    notifications are already journaled and not consumed, or when the
+    journal cannot be written.
 
-    **Close.** ``close()`` refuses new notifications, lets the current run
-    finish (within its timeout) and then runs the follow-up for the
-    notifications still queued, so the last change is not lost on shutdown.
-    With no timeout, it waits as long as the command takes.
+    **Close.** ``close()`` refuses new notifications and gives a run in
+    progress ``closeGrace`` seconds to finish; then its process group gets
+    SIGTERM, and SIGKILL ``killGrace`` seconds later, and its notifications
+    stay journaled. No follow-up run is started: what is journaled runs at
+    the next start, and the number is logged. It never fails and never
+    waits much longer than ``closeGrace + killGrace + pipeGrace`` seconds.
 
     :param command: shell command, run as ``/bin/sh -c command``.
     :param timeout: seconds a run may take, or ``None`` for no limit.
@@ -468,8 +565,19 @@ class ExecSink:
         global reactor by default.
     :param environ: the parent environment to start from; ``os.environ``
         (read at each run) by default.
-    :param killGrace: seconds between SIGTERM and SIGKILL after a timeout.
-    :param maxPending: how many notifications may wait for the next run.
+    :param journal: where acked notifications wait for a run; by default an
+        in-memory one (``Journal(None)``), which does not survive the
+        process: ``twistd yadiskpush`` passes one in ``--state-dir``.
+    :param killGrace: seconds between SIGTERM and SIGKILL after a timeout
+        or a stop on close.
+    :param closeGrace: seconds ``close()`` lets a run in progress finish.
+    :param retryDelay: seconds before the first new attempt to start the
+        command after it could not be started.
+    :param maxRetryDelay: the longest wait between such attempts.
+    :param maxPending: how many notifications may be journaled and not yet
+        consumed (in a run or waiting for one).
+    :param maxEnvValue: longest ``YADISKPUSH_*`` value passed, in bytes.
+    :param maxEnvTotal: bytes of ``YADISKPUSH_*`` variables per run.
     :param log: logger to use instead of the class's.
     :raises ValueError: if ``command`` is empty or ``timeout`` not positive.
 
@@ -492,8 +600,14 @@ class ExecSink:
         reactor: Any = None,
         environ: Mapping[str, str] | None = None,
         *,
+        journal: Journal | None = None,
         killGrace: float = 5.0,
+        closeGrace: float = 5.0,
+        retryDelay: float = 5.0,
+        maxRetryDelay: float = 300.0,
         maxPending: int = 10_000,
+        maxEnvValue: int = MAX_ENV_VALUE,
+        maxEnvTotal: int = MAX_ENV_TOTAL,
         log: Logger | None = None,
     ) -> None:
         if not command.strip():
@@ -505,54 +619,159 @@ class ExecSink:
         self.command = command
         self.timeout = timeout
         self.reactor = reactor
+        self.journal = journal if journal is not None else Journal(None)
         self.killGrace = killGrace
+        self.closeGrace = closeGrace
+        self.retryDelay = retryDelay
+        self.maxRetryDelay = maxRetryDelay
         self.maxPending = maxPending
+        self.maxEnvValue = maxEnvValue
+        self.maxEnvTotal = maxEnvTotal
         if log is not None:
             self._log = log
         self._environ = environ
-        self._pending: list[Notification] = []
+        # Journaled entries no run has taken yet, oldest first.
+        self._untaken: list[Entry] = []
+        # deliver() calls waiting for the journal to open.
+        self._waitingForOpen = 0
+        self._started: _Event | None = None
+        self._ready = False
+        self._broken: Exception | None = None
         self._current: _Run | None = None
         self._unended: set[_Run] = set()
-        self._idleWaiters: list[defer.Deferred[None]] = []
+        self._retryCall: IDelayedCall | None = None
+        self._nextRetryDelay = retryDelay
         self._closing = False
+        self._closed: defer.Deferred[None] | None = None
         self.runs = 0
 
     def __repr__(self) -> str:
         return "<ExecSink>"
 
+    # -- start ------------------------------------------------------------
+
+    def start(self) -> defer.Deferred[None]:
+        """
+        Open the journal and run what an earlier process left in it. Called
+        by the first ``deliver`` if not before; calling it again waits for
+        the same start.
+
+        :returns: a Deferred firing once the journal is open, or once
+            opening it has failed (logged; ``deliver`` then refuses every
+            push). It never fails.
+        """
+        if self._started is None:
+            self._started = _Event()
+            try:
+                opening = self.journal.open()
+            except Exception as e:
+                opening = defer.fail(e)
+            opening.addCallbacks(self._journalOpened, self._journalFailed)
+        return self._started.wait()
+
+    def _journalOpened(self, entries: list[Entry]) -> None:
+        if entries:
+            self._log.info(
+                "Replaying {count} notification(s) journaled before a restart",
+                count=len(entries),
+            )
+            for entry in entries:
+                bisect.insort(self._untaken, entry)
+        self._ready = True
+        assert self._started is not None
+        self._started.fire()
+        self._maybeRun()
+
+    def _journalFailed(self, reason: Failure) -> None:
+        self._broken = reason.value  # type: ignore[assignment]
+        self._log.error(
+            "Cannot use the --exec journal: {error}; every push is refused "
+            "(not acknowledged) until this is fixed",
+            error=reason.getErrorMessage(),
+        )
+        assert self._started is not None
+        self._started.fire()
+
+    # -- deliver ----------------------------------------------------------
+
     def deliver(self, notification: Notification) -> defer.Deferred[None]:
         """
-        Queue the notification for a run (starting one if none is going)
-        and fire at once; fail with
-        :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed` if the sink is
-        closed or the queue is full.
+        Journal the notification and fire once it is on disk (starting a
+        run if none is going); fail with
+        :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed` if the sink
+        is closed, already holds ``maxPending`` notifications, or cannot
+        journal it.
         """
+        stanzaId = notification.stanzaId
         if self._closing:
+            return defer.fail(DeliveryFailed(stanzaId, "the --exec sink is closed"))
+        if self._broken is not None:
             return defer.fail(
-                DeliveryFailed(notification.stanzaId, "the --exec sink is closed")
+                DeliveryFailed(stanzaId, f"the --exec journal failed: {self._broken}")
             )
-        if len(self._pending) >= self.maxPending:
+        pending = self.journal.count + self._waitingForOpen
+        if pending >= self.maxPending:
             self._log.error(
                 "{pending} notifications are already waiting for the command; "
                 "refusing push {id} so that it is not acknowledged",
-                pending=len(self._pending),
-                id=notification.stanzaId,
+                pending=pending,
+                id=stanzaId,
             )
             return defer.fail(
                 DeliveryFailed(
-                    notification.stanzaId,
-                    f"{len(self._pending)} notifications are already waiting "
+                    stanzaId,
+                    f"{pending} notifications are already waiting "
                     "for the --exec command",
                 )
             )
-        self._pending.append(notification)
-        if self._current is None:
+        line = encodeJSONLine(notification)
+        self._waitingForOpen += 1
+        d = self.start()
+        d.addCallback(self._append, line, stanzaId)
+        return d
+
+    def _append(self, _: object, line: bytes, stanzaId: str) -> defer.Deferred[None]:
+        # Called in the turn the journal is ready in (at once when it is
+        # already open), so that one turn's pushes share one commit.
+        self._waitingForOpen -= 1
+        if self._broken is not None:
+            raise DeliveryFailed(stanzaId, f"the --exec journal failed: {self._broken}")
+
+        def journaled(entryId: int) -> None:
+            bisect.insort(self._untaken, (entryId, line))
+            self._maybeRun()
+
+        def failed(reason: Failure) -> None:
+            if reason.check(JournalClosed):
+                raise DeliveryFailed(stanzaId, "the --exec sink is closed")
+            self._log.error(
+                "Could not journal push {id}, so it is not acknowledged: {error}",
+                id=stanzaId,
+                error=reason.getErrorMessage(),
+            )
+            raise DeliveryFailed(stanzaId, reason.getErrorMessage())
+
+        return self.journal.append(line).addCallbacks(journaled, failed)
+
+    # -- runs -------------------------------------------------------------
+
+    def _maybeRun(self) -> None:
+        if (
+            self._ready
+            and self._untaken
+            and self._current is None
+            and self._retryCall is None
+            and not self._closing
+        ):
             self._startRun()
-        return defer.succeed(None)
 
     def _startRun(self) -> None:
-        batch, self._pending = self._pending, []
-        run = _Run(self, batch)
+        batch, self._untaken = self._untaken, []
+        try:
+            last = json.loads(batch[-1][1])
+        except ValueError:
+            last = {}
+        run = _Run(self, batch, last)
         if sys.executable:
             executable = sys.executable
             args = [executable, "-I", "-S", "-c", _TRAMPOLINE, self.command]
@@ -564,19 +783,39 @@ class ExecSink:
             args = [executable, "-c", self.command]
             ownGroup = False
         environ = os.environ if self._environ is None else self._environ
+        env, leftOut = childEnvironment(
+            last,
+            len(batch),
+            environ,
+            maxValue=self.maxEnvValue,
+            maxTotal=self.maxEnvTotal,
+        )
+        if leftOut:
+            self._log.warn(
+                "Left out of the command's environment, too long (the values are "
+                "on its standard input): {names}",
+                names=", ".join(leftOut),
+                leftOut=leftOut,
+            )
         try:
-            env = childEnvironment(batch, environ)
             transport = self.reactor.spawnProcess(
                 run, executable, args, env=env, path=None
             )
-        except Exception:
-            self._log.failure(
-                "Could not start the command; {count} notification(s) stay "
-                "queued for the next attempt",
-                count=len(batch),
+        except Exception as e:
+            self._untaken[:0] = batch
+            delay = self._nextRetryDelay
+            self._nextRetryDelay = min(delay * 2, self.maxRetryDelay)
+            self._log.error(
+                "Could not start the command ({error}); {count} notification(s) "
+                "stay journaled; next attempt in {delay:g} s",
+                error=_describeStartError(e),
+                count=len(self._untaken),
+                delay=delay,
+                spawnFailed=True,
             )
-            self._pending[:0] = batch
+            self._retryCall = self.reactor.callLater(delay, self._retry)
             return
+        self._nextRetryDelay = self.retryDelay
         self.runs += 1
         self._current = run
         self._unended.add(run)
@@ -589,46 +828,102 @@ class ExecSink:
         )
         run.started(getattr(transport, "pid", None), ownGroup)
 
+    def _retry(self) -> None:
+        self._retryCall = None
+        self._maybeRun()
+
     def _runDone(self, _: object, run: _Run) -> None:
         if self._current is run:
             self._current = None
-        if self._pending:
-            self._startRun()
-        if self._current is None:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
+        if not run.stoppedByShutdown:
+            self.journal.remove(run.entryIds).addErrback(self._removeFailed, run)
+        self._maybeRun()
 
-    def _whenIdle(self) -> defer.Deferred[None]:
-        if self._current is None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._idleWaiters.append(d)
-        return d
+    def _removeFailed(self, reason: Failure, run: _Run) -> None:
+        self._log.warn(
+            "Could not remove {count} consumed notification(s) from the journal "
+            "({error}); they will be passed to the command again at the next "
+            "start",
+            count=run.count,
+            error=reason.getErrorMessage(),
+        )
+
+    # -- close ------------------------------------------------------------
 
     def close(self) -> defer.Deferred[None]:
         """
-        Refuse further notifications, and fire once the current run and the
-        follow-up for queued notifications have finished (each within the
-        timeout) and their output has been read. Never fails.
+        Refuse further notifications; let a run in progress finish within
+        ``closeGrace`` seconds, else stop it (its notifications stay
+        journaled); close the journal, logging how many notifications stay
+        in it for the next start. Never fails.
         """
-        if not self._closing:
+        if self._closed is None:
             self._closing = True
-            if self._pending and self._current is None:
-                # Left over from a failed start: one last try.
-                self._startRun()
+            if self._retryCall is not None:
+                self._retryCall.cancel()
+                self._retryCall = None
+            self._closed = self._shutDown()
+        follower: defer.Deferred[None] = defer.Deferred()
+        self._closed.addBoth(lambda result: (follower.callback(None), result)[1])
+        return follower
 
-        def idle(_: object) -> defer.Deferred[Any]:
-            if self._pending:
-                self._log.error(
-                    "{count} notification(s) were never passed to the command",
-                    count=len(self._pending),
+    @defer.inlineCallbacks
+    def _shutDown(self) -> Any:
+        try:
+            run = self._current
+            if run is not None and not run.done.happened:
+                self._log.info(
+                    "Waiting up to {grace:g} s for the command to finish",
+                    grace=self.closeGrace,
                 )
-                self._pending = []
-            return defer.gatherResults(
-                [run.stopReadingSoon() for run in list(self._unended)]
+                yield _waitAtMost(run.done.wait(), self.closeGrace, self.reactor)
+                if not run.done.happened:
+                    run.stop()
+                    yield _waitAtMost(
+                        run.done.wait(),
+                        self.killGrace + self.pipeGrace,
+                        self.reactor,
+                    )
+                if not run.done.happened:
+                    self._log.error(
+                        "The command did not exit even after SIGKILL; no longer "
+                        "waiting for it (its notifications stay journaled)"
+                    )
+            yield defer.gatherResults(
+                [r.stopReadingSoon() for r in list(self._unended)]
             )
+            remaining = self.journal.count
+            yield self.journal.close()
+            if remaining:
+                self._log.info(
+                    "{count} notification(s) stay journaled; they go to the "
+                    "command at the next start",
+                    count=remaining,
+                )
+        except Exception:
+            self._log.failure("Closing the --exec sink failed")
 
-        d = self._whenIdle().addCallback(idle)
-        d.addCallback(lambda _: None)
-        return d
+
+def _waitAtMost(
+    waiting: defer.Deferred[None], seconds: float, clock: Any
+) -> defer.Deferred[None]:
+    """Fire when ``waiting`` fires or ``seconds`` have passed, whichever first."""
+    result: defer.Deferred[None] = defer.Deferred()
+
+    def fire(_: object = None) -> None:
+        if call.active():
+            call.cancel()
+        if not result.called:
+            result.callback(None)
+
+    call = clock.callLater(seconds, fire)
+    waiting.addBoth(fire)
+    return result
+
+
+def _describeStartError(error: Exception) -> str:
+    """``Argument list too long (E2BIG)`` for an OSError, else its text."""
+    if isinstance(error, OSError) and error.errno is not None:
+        name = errno.errorcode.get(error.errno, str(error.errno))
+        return f"{os.strerror(error.errno)} ({name})"
+    return str(error) or type(error).__name__

@@ -1,0 +1,413 @@
+"""
+A durable, ordered journal of notifications that were acknowledged to the
+server but not yet consumed (by an ``--exec`` run): what makes an acked push
+survive a crash, a SIGKILL or a power loss.
+
+**Why SQLite.** It is in the standard library, and it already does what an
+append-only file would need by hand: a torn last record after a crash is
+rolled back, not parsed; removing consumed entries needs no compaction pass;
+``PRAGMA quick_check`` tells a corrupt file from a good one at open. The
+database is in WAL mode with ``synchronous=FULL``, so each commit is
+fsync-ed before it is reported; an ``AUTOINCREMENT`` key keeps the order of
+arrival and never reuses an id.
+
+**Off the reactor.** Every SQLite call runs in one worker thread owned by the
+journal (a ``ThreadPool`` of exactly one thread, so calls run one at a time
+and in the order they were made). ``append`` is group-committed: all the
+``append`` calls made in one reactor turn are written in one transaction and
+one fsync, then their Deferreds fire together, so a burst of pushes costs
+one disk flush, not one each.
+
+A second process using the same journal would run the same entries twice
+and remove the other's: an exclusive ``flock`` on ``<journal>.lock`` refuses
+it with a clear error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from yadiskpush.errors import ConfigurationError, YaDiskPushError
+
+#: The journal's file name in the state directory.
+JOURNAL_NAME = "exec-journal.sqlite3"
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+#: Ids deleted per statement (SQLite limits the number of parameters).
+_DELETE_CHUNK = 500
+
+_T = TypeVar("_T")
+
+Entry = tuple[int, bytes]
+
+
+class JournalError(YaDiskPushError):
+    """Writing to or reading from an open journal failed (disk full, I/O)."""
+
+
+class JournalClosed(JournalError):
+    """The journal was used after :meth:`Journal.close`."""
+
+    def __init__(self) -> None:
+        super().__init__("the journal is closed")
+
+
+def _describe(path: Path | None) -> str:
+    return "the in-memory journal" if path is None else f"the journal {path}"
+
+
+class _Store:
+    """
+    The SQLite side of a journal, synchronous: every method blocks, and is
+    called in the journal's worker thread (or, for :func:`checkJournal`,
+    before the reactor runs).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lockFile: int | None = None
+
+    def open(self) -> list[Entry]:
+        """
+        Open (creating if needed) and check the database; return the entries
+        it holds, oldest first.
+
+        :raises ConfigurationError: if it is locked by another process,
+            cannot be opened, is corrupt, or has an unknown schema.
+        """
+        try:
+            self._lock()
+            self._db = sqlite3.connect(
+                ":memory:" if self.path is None else str(self.path),
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+            (check,) = self._db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            entries = self.entries()
+        except ConfigurationError:
+            self.close()
+            raise
+        except sqlite3.OperationalError as e:
+            self.close()
+            raise ConfigurationError(
+                f"cannot open {_describe(self.path)}: {e} "
+                "(check the permissions of the state directory)"
+            ) from None
+        except (sqlite3.Error, JournalError) as e:
+            self.close()
+            raise ConfigurationError(
+                f"{_describe(self.path)} is corrupt ({e}); move it away to start "
+                "with an empty one (the notifications it holds are then lost)"
+            ) from None
+        except OSError as e:
+            self.close()
+            raise ConfigurationError(
+                f"cannot open {_describe(self.path)}: {e.strerror or e}"
+            ) from None
+        return entries
+
+    def _lock(self) -> None:
+        if self.path is None:
+            return
+        lockPath = f"{self.path}.lock"
+        self._lockFile = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lockFile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigurationError(
+                f"{_describe(self.path)} is in use by another yadiskpush process "
+                "(give each process its own --state-dir)"
+            ) from None
+
+    def _migrate(self) -> None:
+        assert self._db is not None
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            tables = self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            ).fetchall()
+            if tables:
+                raise JournalError("it holds tables of another program")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "CREATE TABLE entries ("
+                "id INTEGER PRIMARY KEY AUTOINCREMENT, line BLOB NOT NULL)"
+            )
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        elif version != SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{_describe(self.path)} was written by another version of "
+                f"yadiskpush (schema {version}, this one reads {SCHEMA_VERSION})"
+            )
+
+    def entries(self) -> list[Entry]:
+        assert self._db is not None
+        rows = self._db.execute("SELECT id, line FROM entries ORDER BY id").fetchall()
+        for entryId, line in rows:
+            if not isinstance(entryId, int) or not isinstance(line, bytes):
+                raise JournalError(f"entry {entryId!r} is not a notification")
+        return rows
+
+    def append(self, lines: Sequence[bytes]) -> list[int]:
+        """Insert ``lines`` in one transaction; return their ids, in order."""
+        db = self._openDatabase()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            ids = []
+            for line in lines:
+                cursor = db.execute("INSERT INTO entries (line) VALUES (?)", (line,))
+                ids.append(cursor.lastrowid)
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise JournalError(
+                f"could not write to {_describe(self.path)}: {e}"
+            ) from None
+        return ids  # type: ignore[return-value]
+
+    def remove(self, ids: Sequence[int]) -> None:
+        db = self._openDatabase()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(ids), _DELETE_CHUNK):
+                chunk = ids[start : start + _DELETE_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM entries WHERE id IN ({marks})", chunk)
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise JournalError(
+                f"could not remove entries from {_describe(self.path)}: {e}"
+            ) from None
+
+    def _openDatabase(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise JournalClosed()
+        return self._db
+
+    def _rollback(self) -> None:
+        if self._db is not None and self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
+        if self._lockFile is not None:
+            lockFile, self._lockFile = self._lockFile, None
+            os.close(lockFile)
+
+
+def checkJournal(path: Path) -> int:
+    """
+    Open the journal at ``path`` synchronously, check it and close it again:
+    for startup, so that a corrupt or locked journal is a usage error before
+    anything runs. Creates an empty journal if there is none.
+
+    :returns: how many entries it holds.
+    :raises ConfigurationError: as :meth:`Journal.open` does.
+    """
+    store = _Store(path)
+    entries = store.open()
+    store.close()
+    return len(entries)
+
+
+class Journal:
+    """
+    The journal at ``path`` (``None``: in memory, for tests and the demo;
+    durable only as long as the process).
+
+    Nothing is done until :meth:`open`; every method returns at once and
+    does its I/O in the journal's own worker thread, in call order.
+
+    :param path: the SQLite file, created if missing (its directory must
+        exist), or ``None``.
+    :param reactor: provides ``IReactorTime``, ``IReactorFromThreads`` and
+        ``IReactorCore`` (the real reactor: results come back through
+        ``callFromThread``).
+
+    :ivar count: entries appended (durable or being written) and not removed.
+    :ivar commits: transactions that wrote appended entries; a burst of
+        appends in one reactor turn is one commit.
+    """
+
+    _log = Logger()
+
+    def __init__(self, path: str | Path | None, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        self.path = None if path is None else Path(path)
+        self.count = 0
+        self.commits = 0
+        self._reactor = reactor
+        self._store = _Store(self.path)
+        self._pool: ThreadPool | None = None
+        self._shutdownTrigger: Any = None
+        self._batch: list[tuple[bytes, defer.Deferred[int]]] = []
+        self._flushCall: Any = None
+        self._opened = False
+        self._closed = False
+        self._closing: defer.Deferred[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path or ':memory:'}>"
+
+    def _call(self, f: Callable[..., _T], *args: Any) -> defer.Deferred[_T]:
+        assert self._pool is not None, "open() the journal first"
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def open(self) -> defer.Deferred[list[Entry]]:
+        """
+        Start the worker thread and open the database.
+
+        :returns: a Deferred firing with the entries an earlier process left
+            (``(id, line)``, oldest first), or failing with
+            :class:`~yadiskpush.errors.ConfigurationError` (locked, corrupt,
+            unreadable) after which the journal is closed.
+        """
+        if self._opened or self._closed:
+            raise RuntimeError(f"{self!r} was opened before")
+        self._opened = True
+        self._pool = ThreadPool(1, 1, name=f"yadiskpush journal {self.path}")
+        self._pool.start()
+        self._shutdownTrigger = self._reactor.addSystemEventTrigger(
+            "during", "shutdown", self._stopPool
+        )
+
+        def opened(entries: list[Entry]) -> list[Entry]:
+            self.count += len(entries)
+            return entries
+
+        def failed(reason: Failure) -> Failure:
+            self._closed = True
+            self._stopPool()
+            return reason
+
+        return self._call(self._store.open).addCallbacks(opened, failed)
+
+    def append(self, line: bytes) -> defer.Deferred[int]:
+        """
+        Add one entry. Every append of this reactor turn is written in one
+        transaction at the end of the turn.
+
+        :returns: a Deferred firing with the entry's id once it is on disk,
+            or failing with :class:`JournalError`.
+        """
+        if self._closed:
+            return defer.fail(JournalClosed())
+        d: defer.Deferred[int] = defer.Deferred()
+        self._batch.append((line, d))
+        self.count += 1
+        if self._flushCall is None:
+            self._flushCall = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+
+        def written(ids: list[int]) -> None:
+            self.commits += 1
+            for (_, d), entryId in zip(batch, ids, strict=True):
+                d.callback(entryId)
+
+        def failed(reason: Failure) -> None:
+            self.count -= len(batch)
+            for _, d in batch:
+                d.errback(reason)
+
+        self._call(self._store.append, [line for line, _ in batch]).addCallbacks(
+            written, failed
+        )
+
+    def pending(self) -> defer.Deferred[list[Entry]]:
+        """Every entry now in the journal, ``(id, line)``, oldest first."""
+        if self._closed:
+            return defer.fail(JournalClosed())
+        return self._call(self._store.entries)
+
+    def remove(self, ids: Sequence[int]) -> defer.Deferred[None]:
+        """
+        Delete the entries ``ids`` (consumed), in one transaction.
+
+        :returns: a Deferred firing once that is on disk, or failing with
+            :class:`JournalError` (the entries then come back at the next
+            open: at least once, never lost).
+        """
+        if self._closed:
+            return defer.fail(JournalClosed())
+        ids = list(ids)
+        self.count -= len(ids)
+        return self._call(self._store.remove, ids)
+
+    def close(self) -> defer.Deferred[None]:
+        """
+        Write what was appended this turn, close the database and stop the
+        worker thread. Never fails; calling it again waits for the same
+        close.
+        """
+        if self._closing is None:
+            self._closed = True
+            if self._pool is None or not self._pool.started:
+                self._closing = defer.succeed(None)
+            else:
+                if self._flushCall is not None:
+                    self._flushCall.cancel()
+                    self._flush()
+
+                def closeFailed(reason: Failure) -> None:
+                    self._log.failure("Closing {journal} failed", reason, journal=self)
+
+                self._closing = self._call(self._store.close).addCallbacks(
+                    lambda _: None, closeFailed
+                )
+                self._closing.addBoth(lambda _: self._stopPool())
+        return _follow(self._closing)
+
+    def _stopPool(self) -> None:
+        if self._shutdownTrigger is not None:
+            trigger, self._shutdownTrigger = self._shutdownTrigger, None
+            try:
+                self._reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                # Already fired: this is the shutdown itself.
+                pass
+        if self._pool is not None and self._pool.started:
+            self._pool.stop()
+
+
+def _follow(d: defer.Deferred[None]) -> defer.Deferred[None]:
+    """A new Deferred firing when ``d`` has, without touching ``d``'s result."""
+    follower: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: object) -> object:
+        follower.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return follower
