@@ -38,6 +38,7 @@ class RedeliveryTestCase(ServerTestCase):
     """A server on a Clock, and raw clients that subscribe and answer pushes."""
 
     window = 64
+    timeout = 10
 
     def setUp(self) -> defer.Deferred[LocalServer]:
         self.clock = task.Clock()
@@ -162,6 +163,45 @@ class QueueTests(RedeliveryTestCase):
         self.assertEqual(self.server.redelivery.inFlight(session), [])
         # Nothing queued: it fires at once.
         self.assertTrue(self.server.whenAllAcked(LOGIN).called)
+
+    @defer.inlineCallbacks
+    def test_observerSeesSendsAndAnswers(self) -> Steps:
+        """An observer hears of every send and answer, after the queue took it."""
+        seen: list[tuple[str, int, str, list[str]]] = []
+
+        def observer(what: str, session: ServerSession, record: Any) -> None:
+            seen.append((what, session.number, record.id, self.server.unacked(LOGIN)))
+
+        self.server.redelivery.addObserver(observer)
+        client, session = yield self.subscribedClient()
+        ids = [self.server.enqueue(LOGIN) for _ in range(2)]
+        yield self.receive(client, 2)
+        yield self.answer(client, ids[0], ok=False)
+        yield self.answer(client, ids[1])
+        n = session.number
+        self.assertEqual(
+            seen,
+            [
+                ("sent", n, ids[0], ids[:1]),
+                ("sent", n, ids[1], ids),
+                ("refused", n, ids[0], ids),
+                ("acked", n, ids[1], ids[:1]),
+            ],
+        )
+
+    @defer.inlineCallbacks
+    def test_nothingAfterServerClose(self) -> Steps:
+        """After the server's closing tag, queued pushes wait for a new session."""
+        client, session = yield self.subscribedClient()
+        session.close()
+        pushId = self.server.enqueue(LOGIN)
+        self.assertEqual(self.sentIds(), [])
+        client.send("</stream:stream>")
+        yield session.whenClosed()
+        second, later = yield self.subscribedClient()
+        [push] = yield self.receive(second, 1)
+        self.assertEqual(push["id"], pushId)
+        self.assertEqual(self.server.pushRecord(pushId).sessions, [later.number])
 
     def test_badArguments(self) -> None:
         """A window below one or a negative delay is refused when built."""

@@ -46,7 +46,9 @@ DEFAULT_WINDOW = 64
 #: Seconds before a push refused with an ``error`` is sent again.
 DEFAULT_REDELIVER_DELAY = 1.0
 
-SendObserver = Callable[["ServerSession", "PushRecord"], None]
+#: ``observer(what, session, record)``, ``what`` being ``"sent"``,
+#: ``"acked"`` or ``"refused"``.
+PushObserver = Callable[[str, "ServerSession", "PushRecord"], None]
 
 
 @dataclass
@@ -136,7 +138,7 @@ class RedeliveringPushQueue:
         self._queues: dict[str, dict[str, None]] = {}
         self._sessions: dict[ServerSession, _SessionState] = {}
         self._emptyWaiters: dict[str, list[defer.Deferred[None]]] = {}
-        self._sendObservers: list[SendObserver] = []
+        self._observers: list[PushObserver] = []
 
     # -- the public side ------------------------------------------------------
 
@@ -187,14 +189,21 @@ class RedeliveringPushQueue:
         state = self._sessions.get(session)
         return list(state.inFlight) if state is not None else []
 
-    def addSendObserver(self, observer: SendObserver) -> None:
+    def addObserver(self, observer: PushObserver) -> None:
         """
-        Call ``observer(session, record)`` right after every send of a
-        queued push (first sends and re-sends), for tests that act at a
-        given point of a run, e.g. drop the connection after every k-th
-        push. It may close the session or enqueue more.
+        Call ``observer(what, session, record)`` right after every send of
+        a queued push (``"sent"``, first sends and re-sends alike) and every
+        answer to one (``"acked"``, ``"refused"``), once the queue has
+        taken it into account. For tests that act at a given point of a
+        run, e.g. drop the connection after every k-th push: an observer
+        may close the session or enqueue more. The server's event log can
+        do the same for a few events; this stays cheap for thousands.
         """
-        self._sendObservers.append(observer)
+        self._observers.append(observer)
+
+    def _notify(self, what: str, session: ServerSession, record: PushRecord) -> None:
+        for observer in list(self._observers):
+            observer(what, session, record)
 
     def stop(self) -> None:
         """Cancel every pending re-send timer (the server is stopping)."""
@@ -226,7 +235,8 @@ class RedeliveringPushQueue:
             del state.inFlight[requestId]
             wasInFlight = True
         queue = self._queues.get(record.login, {})
-        if iq.getAttribute("type") == "result":
+        ok = iq.getAttribute("type") == "result"
+        if ok:
             record.timesAcked += 1
             if record.ackedAt is None:
                 record.ackedAt = self.server.clock.seconds()
@@ -243,6 +253,7 @@ class RedeliveringPushQueue:
                     self.redeliverDelay, self._retry, session, requestId
                 )
         self._pump(record.login)
+        self._notify("acked" if ok else "refused", session, record)
 
     def sessionClosed(self, session: ServerSession) -> None:
         """
@@ -275,7 +286,12 @@ class RedeliveringPushQueue:
         return (
             session.subscribed
             and session.jid is not None
-            and not (session.closed or session.closing or session.stalled)
+            and not (
+                session.closed
+                or session.closing
+                or session.stalled
+                or session.serverClosed
+            )
         )
 
     def _pump(self, login: str) -> None:
@@ -319,5 +335,4 @@ class RedeliveringPushQueue:
             state.inFlight[pushId] = None
             record.sessions.append(session.number)
             session.sendPush(pushId, record.attributes, record.childrenXml)
-            for observer in list(self._sendObservers):
-                observer(session, record)
+            self._notify("sent", session, record)

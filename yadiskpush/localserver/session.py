@@ -135,6 +135,8 @@ class ServerSession(xmlstream.ListenAuthenticator):
     :ivar subscribed: the client subscribed to Disk pushes.
     :ivar stalled: the server stopped answering (fault or :meth:`stall`).
     :ivar closed: the connection is gone.
+    :ivar serverClosed: the server sent ``</stream:stream>`` (:meth:`close`):
+        nothing more may follow on this stream.
     :ivar clientClosed: the client sent ``</stream:stream>``: a clean close.
     :ivar stanzasReceived: top-level elements received so far.
     :ivar requests: id of every IQ the server sent to -> ``"version"``,
@@ -164,6 +166,7 @@ class ServerSession(xmlstream.ListenAuthenticator):
         self.stalled = False
         self.closing = False
         self.closed = False
+        self.serverClosed = False
         self.clientClosed = False
         self.stanzasReceived = 0
         self.requests: dict[str, str] = {}
@@ -714,6 +717,7 @@ class ServerSession(xmlstream.ListenAuthenticator):
         """
         if not self.closed:
             self._record("server-closed")
+            self.serverClosed = True
             self.xmlstream.sendFooter()
 
     def drop(self) -> None:
