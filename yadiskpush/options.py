@@ -111,6 +111,14 @@ class Options(usage.Options):
             _positiveSeconds,
         ],
         [
+            "state-dir",
+            None,
+            None,
+            "Directory of the --exec journal, which keeps acked pushes until the "
+            "command has run (default: $STATE_DIRECTORY, else "
+            "$XDG_STATE_HOME/yadiskpush, else ~/.local/state/yadiskpush).",
+        ],
+        [
             "idle-timeout",
             None,
             90.0,
@@ -157,6 +165,17 @@ class Options(usage.Options):
     def _checkOutput(self) -> None:
         if self["exec"] is not None and not self["exec"].strip():
             raise ConfigurationError("--exec needs a command")
+        # The journal lives there: a bad directory, or a corrupt or locked
+        # journal, is a usage error now rather than refused pushes later.
+        # The demo's pushes are not journaled (see buildSinks).
+        if self["state-dir"] or (self["exec"] and not self["demo"]):
+            from yadiskpush.delivery.journal import JOURNAL_NAME, checkJournal
+            from yadiskpush.statedir import ensureStateDir, resolveStateDir
+
+            stateDir = ensureStateDir(resolveStateDir(self["state-dir"], self.environ))
+            self["state-dir"] = str(stateDir)
+            if self["exec"] and not self["demo"]:
+                checkJournal(stateDir / JOURNAL_NAME)
         if self["ca-file"]:
             from yadiskpush.connection.endpoint import loadTrustRoot
 
@@ -212,9 +231,23 @@ def buildSinks(options: Options, reactor: Any) -> list[Any]:
     if options["json-out"]:
         sinks.append(JSONLinesSink(options["json-out"]))
     if options["exec"]:
-        sinks.append(
-            ExecSink(options["exec"], options["exec-timeout"], reactor=reactor)
+        from yadiskpush.delivery.journal import JOURNAL_NAME, Journal
+        from yadiskpush.statedir import resolveStateDir
+
+        if options["demo"]:
+            # In memory: demo pushes must never reach the command of a
+            # later real run.
+            journal = Journal(None, reactor)
+        else:
+            stateDir = resolveStateDir(options["state-dir"], options.environ)
+            journal = Journal(stateDir / JOURNAL_NAME, reactor)
+        execSink = ExecSink(
+            options["exec"], options["exec-timeout"], reactor=reactor, journal=journal
         )
+        # Opens the journal and runs what a previous process left in it,
+        # without waiting for the first push.
+        reactor.callWhenRunning(execSink.start)
+        sinks.append(execSink)
     if not sinks:
         sinks.append(LogSink())
     return sinks
