@@ -14,16 +14,20 @@ from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 
 from tests.test_localserver import (
     LOGIN,
     NS_BIND,
     NS_SESSION,
+    TOKEN,
     RawClient,
     ServerTestCase,
 )
 from yadiskpush.localserver import LocalServer, ServerSession
+from yadiskpush.localserver.__main__ import CommandProtocol, parseArguments
 from yadiskpush.localserver.redelivery import (
     DEFAULT_REDELIVER_DELAY,
     RedeliveringPushQueue,
@@ -400,3 +404,33 @@ class WindowTests(RedeliveryTestCase):
             yield self.answer(second, push["id"])
         self.assertEqual(received, [ids[0], ids[2], ids[3]])
         yield self.server.whenAllAcked(LOGIN)
+
+
+class CommandLineTests(SynchronousTestCase):
+    def test_enqueueAndUnacked(self) -> None:
+        """The enqueue command queues a push for the next session; unacked lists it."""
+        server = LocalServer({LOGIN: TOKEN}, window=4)
+        transport = StringTransport()
+        commands = CommandProtocol(server, defer.Deferred())
+        commands.makeConnection(transport)
+        transport.clear()
+        commands.dataReceived(b"enqueue t=diff uid=7\nunacked\n")
+        [pushId] = server.unacked(LOGIN)
+        self.assertEqual(
+            transport.value().decode().splitlines(), [f"{pushId}: queued", pushId]
+        )
+        self.assertEqual(
+            server.pushRecord(pushId).attributes, {"t": "diff", "uid": "7"}
+        )
+
+    def test_queueOptions(self) -> None:
+        """--window and --redeliver-delay are read, and nonsense refused."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"{LOGIN}:{TOKEN}\n")
+        args = parseArguments(
+            ["--accounts-file", path, "--window", "8", "--redeliver-delay", "0.5"]
+        )
+        self.assertEqual((args.window, args.redeliver_delay), (8, 0.5))
+        with self.assertRaises(SystemExit):
+            parseArguments(["--accounts-file", path, "--window", "0"])

@@ -4,9 +4,12 @@ Run the local push server by hand: ``python -m yadiskpush.localserver``.
 It prints its two ports and the path of the CA certificate to give the
 client (``--ca-file``), then reads commands from stdin, one per line::
 
-    push [LOGIN] key=value ...   push one Disk notification (and wait for the ack)
-    sessions                     list open sessions
-    quit                         stop (end of input does too)
+    push [LOGIN] key=value ...     push one Disk notification (and wait for the ack)
+    enqueue [LOGIN] key=value ...  push it at least once: re-sent until acked,
+                                   on the next session if need be
+    unacked [LOGIN]                list enqueued pushes not acked yet
+    sessions                       list open sessions
+    quit                           stop (end of input does too)
 """
 
 from __future__ import annotations
@@ -23,9 +26,16 @@ from twisted.internet import defer, stdio, task
 from twisted.logger import LogLevel, globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineReceiver
 
+from yadiskpush.localserver.redelivery import (
+    DEFAULT_REDELIVER_DELAY,
+    DEFAULT_WINDOW,
+)
 from yadiskpush.localserver.server import LocalServer
 
-USAGE = "commands: push [LOGIN] key=value ... | sessions | quit"
+USAGE = (
+    "commands: push [LOGIN] key=value ... | enqueue [LOGIN] key=value ... | "
+    "unacked [LOGIN] | sessions | quit"
+)
 
 
 def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
@@ -48,6 +58,19 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--ca-file", help="where to write the CA certificate")
     parser.add_argument("--ping-interval", type=float, default=None)
     parser.add_argument("--compression-after-auth", action="store_true")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help="enqueued pushes unanswered on one session at most",
+    )
+    parser.add_argument(
+        "--redeliver-delay",
+        type=float,
+        default=DEFAULT_REDELIVER_DELAY,
+        metavar="SECONDS",
+        help="wait before re-sending an enqueued push answered with an error",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every step")
     args = parser.parse_args(list(argv))
     accounts: dict[str, str] = {}
@@ -65,6 +88,10 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         accounts[login] = token
     if not accounts:
         parser.error(f"{args.accounts_file} names no account")
+    if args.window < 1:
+        parser.error("--window must be at least 1")
+    if args.redeliver_delay < 0:
+        parser.error("--redeliver-delay must not be negative")
     args.accountMap = accounts
     return args
 
@@ -95,6 +122,12 @@ class CommandProtocol(LineReceiver):
         command, arguments = words[0], words[1:]
         if command == "push":
             self.push(arguments)
+        elif command == "enqueue":
+            login, attributes = self.pushArguments(arguments)
+            self.say(f"{self.server.enqueue(login, attributes)}: queued")
+        elif command == "unacked":
+            login = arguments[0] if arguments else next(iter(self.server.accounts))
+            self.say(" ".join(self.server.unacked(login)) or "none")
         elif command == "sessions":
             for session in self.server.openSessions():
                 self.say(repr(session))
@@ -103,11 +136,15 @@ class CommandProtocol(LineReceiver):
         else:
             self.say(USAGE)
 
-    def push(self, arguments: list[str]) -> None:
+    def pushArguments(self, arguments: list[str]) -> tuple[str, dict[str, str]]:
+        """``[LOGIN] key=value ...``: the login (the first account by default)."""
         login = next(iter(self.server.accounts))
         if arguments and "=" not in arguments[0]:
             login, arguments = arguments[0], arguments[1:]
-        attributes = dict(a.partition("=")[::2] for a in arguments)
+        return login, dict(a.partition("=")[::2] for a in arguments)
+
+    def push(self, arguments: list[str]) -> None:
+        login, attributes = self.pushArguments(arguments)
         d = self.server.push(login, attributes)
         d.addCallback(lambda iq: self.say(f"{iq['id']}: {iq['type']}"))
         d.addErrback(lambda f: self.say(f"push failed: {f.getErrorMessage()}"))
@@ -131,6 +168,8 @@ def main(reactor: Any, *argv: str) -> Any:
         tlsPort=args.tls_port,
         pingInterval=args.ping_interval,
         compressionAfterAuth=args.compression_after_auth,
+        window=args.window,
+        redeliverDelay=args.redeliver_delay,
         reactor=reactor,
         logLevel=LogLevel.debug if args.verbose else LogLevel.warn,
     )
