@@ -5,11 +5,19 @@ The vendor does not document the payload of a push, and may change it, so a
 :class:`Notification` keeps everything: every attribute of the
 ``yandex:push:disk`` element, every child element, and the raw XML of the
 whole stanza. Nothing is parsed into a guessed schema and nothing is dropped.
+
+A push may nest elements as deep as the stanza size cap allows (a megabyte
+of ``<a>`` is 300,000 levels), while Python's recursion limit is about a
+thousand frames. So nothing here recurses once per level of the XML: the
+child tree is built with an explicit stack, structured only down to
+:data:`MAX_STRUCTURED_DEPTH` (deeper parts are kept as XML text), and XML is
+serialized by :func:`serializeElement`, a loop that writes exactly what
+domish's recursive ``toXml()`` writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +25,173 @@ from typing import Any
 from twisted.words.xish import domish
 
 NS_DISK_PUSH = "yandex:push:disk"
+
+#: How many levels below the payload element are kept as :class:`PushChild`
+#: values. An element at this depth keeps its whole subtree as XML text in
+#: :attr:`PushChild.xml`, with no ``children`` and ``truncated`` set. Deep
+#: enough for any payload the vendor has sent; shallow enough that every
+#: structure built from a notification (``toJSON()``, ``json.dumps``,
+#: ``repr``) stays far below the recursion limit.
+MAX_STRUCTURED_DEPTH = 32
+
+# domish's own: the prefixes every serializer starts with.
+_GLOBAL_PREFIXES = {"http://www.w3.org/XML/1998/namespace": "xml"}
+
+
+class _Close:
+    """Marks the end of an element's children on the serializer's stack."""
+
+    __slots__ = ("tag",)
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+
+def serializeElement(element: domish.Element) -> str:
+    """
+    Serialize ``element`` and everything below it, without recursion.
+
+    The result is character for character what ``element.toXml()`` gives
+    (same prefixes, namespace declarations, escaping and self-closing tags):
+    this is domish's ``_ListSerializer.serialize`` with its recursion turned
+    into a work stack, so an element nested any number of levels deep is
+    serialized in time and memory proportional to its size. Each namespace
+    prefix's scope is counted instead of searched for, which keeps deeply
+    nested prefixed elements linear too.
+
+    :param element: a domish element; its children may be elements, text,
+        or ``domish.SerializedXML``.
+    :returns: the XML text.
+    """
+    out: list[str] = []
+    write = out.append
+    prefixes: dict[str, str] = dict(_GLOBAL_PREFIXES)
+    # One frame of declared prefixes per open element, as domish keeps, and
+    # how many open frames declare each prefix (domish searches the frames).
+    frames: list[list[str]] = [list(_GLOBAL_PREFIXES.values())]
+    inScope: dict[str, int] = {p: 1 for p in _GLOBAL_PREFIXES.values()}
+    counter = 0
+
+    def getPrefix(uri: str) -> str:
+        nonlocal counter
+        if uri not in prefixes:
+            prefixes[uri] = f"xn{counter}"
+            counter += 1
+        return prefixes[uri]
+
+    def declare(prefix: str) -> None:
+        frames[-1].append(prefix)
+        inScope[prefix] = inScope.get(prefix, 0) + 1
+
+    def closeFrame() -> None:
+        for prefix in frames.pop():
+            inScope[prefix] -= 1
+
+    work: list[tuple[Any, str] | _Close] = [(element, "")]
+    while work:
+        item = work.pop()
+        if isinstance(item, _Close):
+            if item.tag:
+                write(item.tag)
+            closeFrame()
+            continue
+        node, currentDefaultUri = item
+        if isinstance(node, domish.SerializedXML):
+            write(node)
+            continue
+        if isinstance(node, str):
+            write(domish.escapeToXml(node))
+            continue
+
+        name = node.name
+        uri = node.uri
+        defaultUri = node.defaultUri
+        for p, u in node.localPrefixes.items():
+            prefixes[u] = p
+        frames.append([])
+        for p in node.localPrefixes:
+            declare(p)
+        if defaultUri is None:
+            defaultUri = currentDefaultUri
+        if uri is None:
+            uri = defaultUri
+
+        prefix = None
+        prefixInScope = False
+        if uri != defaultUri or uri in prefixes:
+            prefix = getPrefix(uri)
+            prefixInScope = inScope.get(prefix, 0) > 0
+
+        if not prefix:
+            write(f"<{name}")
+        else:
+            write(f"<{prefix}:{name}")
+            if not prefixInScope:
+                write(f" xmlns:{prefix}='{uri}'")
+                declare(prefix)
+                prefixInScope = True
+
+        if defaultUri != currentDefaultUri and (
+            uri != defaultUri or not prefix or not prefixInScope
+        ):
+            write(f" xmlns='{defaultUri}'")
+
+        for p, u in node.localPrefixes.items():
+            write(f" xmlns:{p}='{u}'")
+
+        for k, v in node.attributes.items():
+            if isinstance(k, tuple):
+                attributeUri, attributeName = k
+                attributePrefix = getPrefix(attributeUri)
+                if not inScope.get(attributePrefix, 0):
+                    write(f" xmlns:{attributePrefix}='{attributeUri}'")
+                    declare(attributePrefix)
+                write(
+                    f" {attributePrefix}:{attributeName}='{domish.escapeToXml(v, 1)}'"
+                )
+            else:
+                write(f" {k}='{domish.escapeToXml(v, 1)}'")
+
+        if node.children:
+            write(">")
+            work.append(_Close(f"</{prefix}:{name}>" if prefix else f"</{name}>"))
+            work.extend((child, defaultUri) for child in reversed(node.children))
+        else:
+            write("/>")
+            closeFrame()
+    return "".join(out)
+
+
+class _SerializedOnFirstUse:
+    """
+    A dataclass field holding XML text, given either as text or as the
+    element itself; an element is serialized (without recursion) the first
+    time the field is read, and only the text is kept from then on.
+
+    Set through the dataclass's ``__init__`` (Python's descriptor-typed
+    fields), so the constructor still takes plain text, ``replace()``,
+    equality and ``repr`` see text, and the frozen instance stays
+    unassignable from outside. Reading it from two threads at once may
+    serialize twice; both get the same text.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._key = f"_{name}Source"
+
+    def __get__(self, instance: object, owner: type | None = None) -> str:
+        if instance is None:
+            # No class-level default: the field is required.
+            raise AttributeError(self._key)
+        source = instance.__dict__[self._key]
+        if not isinstance(source, str):
+            source = serializeElement(source)
+            instance.__dict__[self._key] = source
+        return source
+
+    def __set__(self, instance: object, value: str | domish.Element) -> None:
+        # Only the dataclass __init__ gets here: frozen instances refuse
+        # assignment before a descriptor is consulted.
+        instance.__dict__[self._key] = value
 
 
 def _attributeName(key: str | tuple[str, str]) -> str:
@@ -33,18 +208,31 @@ def _freezeAttributes(element: domish.Element) -> Mapping[str, str]:
     )
 
 
+def _ownText(element: domish.Element) -> str:
+    return "".join(c for c in element.children if isinstance(c, str))
+
+
 @dataclass(frozen=True)
 class PushChild:
     """
     One child element of a push payload, kept whole.
+
+    Built without recursion, however deep the element nests. Elements more
+    than :data:`MAX_STRUCTURED_DEPTH` levels below the payload are not
+    turned into values: the child at that depth has no ``children`` and
+    ``truncated`` set, and its whole subtree is in :attr:`xml` (and in the
+    notification's ``rawXml``), so nothing is lost.
 
     :ivar name: local name.
     :ivar uri: namespace URI.
     :ivar attributes: attribute name to value (namespaced ones as
         ``{uri}name``).
     :ivar text: the element's own character data, stripped of nothing.
-    :ivar children: nested elements, in order.
-    :ivar xml: the element serialized.
+    :ivar children: nested elements, in order (empty if ``truncated``).
+    :ivar xml: the element serialized, with everything below it. Given an
+        element instead of text, it is serialized the first time it is read.
+    :ivar truncated: whether child elements below this one were left out of
+        ``children`` because of the depth limit; they are in ``xml``.
     """
 
     name: str
@@ -52,33 +240,81 @@ class PushChild:
     attributes: Mapping[str, str]
     text: str
     children: tuple[PushChild, ...]
-    xml: str
+    xml: str = _SerializedOnFirstUse()  # type: ignore[assignment]
+    truncated: bool = False
 
     @classmethod
-    def fromElement(cls, element: domish.Element) -> PushChild:
-        return cls(
-            name=element.name,
-            uri=element.uri,
-            attributes=_freezeAttributes(element),
-            text="".join(c for c in element.children if isinstance(c, str)),
-            children=tuple(cls.fromElement(c) for c in element.elements()),
-            xml=element.toXml(),
-        )
+    def fromElement(
+        cls, element: domish.Element, depth: int = MAX_STRUCTURED_DEPTH
+    ) -> PushChild:
+        """
+        Build the value of ``element`` and of its descendants down to
+        ``depth`` levels (``element`` itself is level 1), iteratively.
+
+        The element is kept until :attr:`xml` is first read; it must not be
+        changed in the meantime.
+
+        :param depth: how many levels to structure, at least 1.
+        """
+        # Each frame: the element, its level, its finished children, and the
+        # child elements still to visit (None once below the depth limit).
+        Frame = tuple[domish.Element, int, list[PushChild], Iterator[Any] | None]
+
+        def frame(e: domish.Element, level: int) -> Frame:
+            pending = e.elements() if level < depth else None
+            return (e, level, [], pending)
+
+        stack: list[Frame] = [frame(element, 1)]
+        while True:
+            current, level, built, pending = stack[-1]
+            if pending is not None:
+                nextElement = next(pending, None)
+                if nextElement is not None:
+                    stack.append(frame(nextElement, level + 1))
+                    continue
+            stack.pop()
+            value = cls(
+                name=current.name,
+                uri=current.uri,
+                attributes=_freezeAttributes(current),
+                text=_ownText(current),
+                children=tuple(built),
+                xml=current,
+                truncated=pending is None
+                and next(current.elements(), None) is not None,
+            )
+            if not stack:
+                return value
+            stack[-1][2].append(value)
 
     def toJSON(self) -> dict[str, Any]:
-        return {
+        """
+        A JSON-serializable dict: ``name``, ``uri``, ``attributes``, ``text``
+        and ``children``; a truncated child also has ``"truncated": true``
+        and its subtree as ``xml``. Nests at most as deep as the value
+        (:data:`MAX_STRUCTURED_DEPTH` for a received push).
+        """
+        data: dict[str, Any] = {
             "name": self.name,
             "uri": self.uri,
             "attributes": dict(self.attributes),
             "text": self.text,
             "children": [c.toJSON() for c in self.children],
         }
+        if self.truncated:
+            data["truncated"] = True
+            data["xml"] = self.xml
+        return data
 
 
 @dataclass(frozen=True)
 class Notification:
     """
     One Disk push, as received.
+
+    Immutable; equal notifications have equal fields, ``rawXml`` included.
+    Building one from a stanza of any depth does not recurse (see
+    :class:`PushChild` for what is structured and what is kept as XML).
 
     :ivar stanzaId: the IQ's ``id`` (the server's, acknowledged with it).
     :ivar sender: the IQ's ``from`` (empty if the server left it out).
@@ -87,7 +323,9 @@ class Notification:
     :ivar element: name of the payload element (``query`` today).
     :ivar attributes: every attribute of the payload element.
     :ivar children: every child element of the payload, in order.
-    :ivar rawXml: the whole IQ stanza serialized.
+    :ivar rawXml: the whole IQ stanza serialized. :meth:`fromStanza` keeps
+        the stanza and serializes it the first time this is read (a sink that
+        only logs a summary never pays for it); the text is kept from then on.
     """
 
     stanzaId: str
@@ -97,13 +335,17 @@ class Notification:
     element: str
     attributes: Mapping[str, str]
     children: tuple[PushChild, ...]
-    rawXml: str
+    rawXml: str = _SerializedOnFirstUse()  # type: ignore[assignment]
 
     @classmethod
     def fromStanza(cls, iq: domish.Element, receivedAt: float) -> Notification:
         """
         Build a notification from an IQ set carrying a ``yandex:push:disk``
-        payload.
+        payload, whatever its depth.
+
+        The stanza is kept, not copied, until ``rawXml`` is first read: it
+        must not be changed afterwards (nothing in this package changes a
+        received stanza).
 
         :raises ValueError: if the stanza has no such payload.
         """
@@ -118,7 +360,7 @@ class Notification:
             element=payload.name,
             attributes=_freezeAttributes(payload),
             children=tuple(PushChild.fromElement(c) for c in payload.elements()),
-            rawXml=iq.toXml(),
+            rawXml=iq,
         )
 
     def toJSON(self) -> dict[str, Any]:

@@ -1,0 +1,283 @@
+"""Tests for yadiskpush.notification: pushes of any depth become whole values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.words.xish import domish
+from wokkel.generic import parseXml
+
+from yadiskpush import notification as notificationModule
+from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
+from yadiskpush.notification import (
+    MAX_STRUCTURED_DEPTH,
+    Notification,
+    PushChild,
+    serializeElement,
+)
+
+# As domish serializes them, so rawXml must give the input back unchanged.
+HEAD = (
+    "<iq xmlns='jabber:client' type='set' from='test@ya.ru' to='test@ya.ru/r' "
+    "id='deep'><query xmlns='yandex:push:disk' t='diff' uid='1'>"
+)
+TAIL = "</query></iq>"
+
+# The stream's element cap for its default 1 MiB stanza size
+# (yadiskpush.connection.stream: maxStanzaSize // 16).
+DEEPEST_THE_STREAM_ALLOWS = 1024 * 1024 // 16 - 10
+
+
+def deepStanzaText(depth: int) -> str:
+    """A push whose payload holds ``depth`` nested elements around a text."""
+    return (
+        HEAD
+        + "<op type='x' i='0'>"
+        + "<a>" * (depth - 1)
+        + "bottom &amp; end"
+        + "</a>" * (depth - 1)
+        + "</op>"
+        + TAIL
+    )
+
+
+def elementDepth(element: domish.Element) -> int:
+    """How many levels of elements ``element`` holds, itself included."""
+    deepest = 0
+    stack = [(element, 1)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in current.elements())
+    return deepest
+
+
+def structuredDepth(child: PushChild) -> int:
+    """How many levels of PushChild values ``child`` holds, itself included."""
+    depth = 1
+    while child.children:
+        [child] = child.children
+        depth += 1
+    return depth
+
+
+class SerializeElementTests(SynchronousTestCase):
+    """serializeElement writes exactly what domish's toXml writes."""
+
+    SAMPLES = [
+        b"<iq xmlns='jabber:client' type='set' id='1'><query "
+        b"xmlns='yandex:push:disk' t='d'><op a='1'>text</op><e/></query></iq>",
+        b"<iq xmlns='jabber:client'><q xmlns='u'><a:x xmlns:a='urn:a' "
+        b"xmlns:b='urn:b' b:c='1'><y xml:lang='en'>t&lt;&amp;&gt;</y><a:z/>"
+        b"</a:x><a:w xmlns:a='urn:other'/></q></iq>",
+        b"<m xmlns='jabber:client'><p:a xmlns:p='urn:p'><p:b><p:c q='&apos;"
+        b"&quot;'/></p:b><d xmlns='urn:d'><e/></d></p:a>mixed<f/>tail</m>",
+        "<iq xmlns='jabber:client'><q xmlns='yandex:push:disk' "
+        "name='Отчёт &amp; план'>\u2028Фото</q></iq>".encode(),
+    ]
+
+    def test_parsedSamples(self) -> None:
+        """Parsed stanzas with prefixes, default namespaces and escapes match."""
+        for sample in self.SAMPLES:
+            element = parseXml(sample)
+            self.assertEqual(serializeElement(element), element.toXml())
+
+    def test_builtElements(self) -> None:
+        """Built elements with namespaced attributes and raw XML match."""
+        root = domish.Element(("jabber:client", "iq"))
+        root["type"] = "set"
+        query = root.addElement(("yandex:push:disk", "query"))
+        query[("urn:attr", "flag")] = "1"
+        query[("urn:attr", "other")] = "2"
+        inner = query.addElement("plain", defaultUri=None)
+        inner.addContent("a < b")
+        inner.addElement(("urn:x", "child")).addRawXml("<raw a='1'/>")
+        query.addElement(("urn:attr", "same"))
+        self.assertEqual(serializeElement(root), root.toXml())
+
+    def test_deepWithoutRecursion(self) -> None:
+        """A stanza nested far beyond the recursion limit serializes whole."""
+        text = deepStanzaText(DEEPEST_THE_STREAM_ALLOWS)
+        self.assertEqual(serializeElement(parseXml(text.encode())), text)
+
+
+class DeepPushTests(SynchronousTestCase):
+    """A deep push becomes a notification, a JSON line and a summary."""
+
+    def assertWhole(self, depth: int) -> None:
+        text = deepStanzaText(depth)
+        notification = Notification.fromStanza(parseXml(text.encode()), 17.5)
+
+        [op] = notification.children
+        self.assertEqual(structuredDepth(op), MAX_STRUCTURED_DEPTH)
+        bottom = op
+        while bottom.children:
+            self.assertFalse(bottom.truncated)
+            [bottom] = bottom.children
+        self.assertTrue(bottom.truncated)
+        self.assertEqual(elementDepth(parseXml(bottom.xml.encode())), depth - 31)
+        self.assertEqual(notification.rawXml, text)
+
+        line = encodeJSONLine(notification)
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertTrue(line.endswith(b"\n"))
+        data = json.loads(line)
+        self.assertEqual(data["raw_xml"], text)
+        self.assertEqual(data["id"], "deep")
+        child = data["children"][0]
+        for _ in range(MAX_STRUCTURED_DEPTH - 1):
+            self.assertNotIn("truncated", child)
+            [child] = child["children"]
+        self.assertEqual(child["truncated"], True)
+        self.assertEqual(child["children"], [])
+        self.assertEqual(child["xml"], bottom.xml)
+
+        self.assertEqual(
+            notification.summary(),
+            "Disk changed: id='deep' t='diff' uid='1' [op type='x' i='0']",
+        )
+
+    def test_600Deep(self) -> None:
+        """A push nested 600 deep is converted, encoded and summarized whole."""
+        self.assertWhole(600)
+
+    def test_5000Deep(self) -> None:
+        """A push nested 5,000 deep is converted, encoded and summarized whole."""
+        self.assertWhole(5000)
+
+    def test_asDeepAsTheStreamAllows(self) -> None:
+        """A push as deep as the stream's element cap allows is whole too."""
+        self.assertWhole(DEEPEST_THE_STREAM_ALLOWS)
+
+    def test_exactlyAtTheLimit(self) -> None:
+        """A payload exactly MAX_STRUCTURED_DEPTH deep is structured, untruncated."""
+        text = deepStanzaText(MAX_STRUCTURED_DEPTH)
+        [op] = Notification.fromStanza(parseXml(text.encode()), 0).children
+        self.assertEqual(structuredDepth(op), MAX_STRUCTURED_DEPTH)
+        bottom = op
+        while bottom.children:
+            [bottom] = bottom.children
+        self.assertFalse(bottom.truncated)
+        self.assertEqual(bottom.text, "bottom & end")
+        self.assertNotIn(b"truncated", encodeJSONLine(self.notify(text)))
+
+    def test_oneBelowTheLimit(self) -> None:
+        """One level more is truncated at the limit, with the rest in xml."""
+        text = deepStanzaText(MAX_STRUCTURED_DEPTH + 1)
+        [op] = self.notify(text).children
+        bottom = op
+        while bottom.children:
+            [bottom] = bottom.children
+        self.assertTrue(bottom.truncated)
+        self.assertEqual(
+            bottom.xml, "<a xmlns='yandex:push:disk'><a>bottom &amp; end</a></a>"
+        )
+
+    def test_siblingsKeepOrder(self) -> None:
+        """Built without recursion, children keep their document order."""
+        text = HEAD + "<a n='1'><b n='2'/><c n='3'><d n='4'/></c></a><e n='5'/>" + TAIL
+        notification = self.notify(text)
+        order = []
+        stack = list(reversed(notification.children))
+        while stack:
+            child = stack.pop()
+            order.append((child.name, child.attributes["n"]))
+            stack.extend(reversed(child.children))
+        self.assertEqual(
+            order, [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]
+        )
+        self.assertEqual(
+            notification.children[0].xml,
+            "<a xmlns='yandex:push:disk' n='1'><b n='2'/><c n='3'><d n='4'/></c></a>",
+        )
+
+    def notify(self, text: str) -> Notification:
+        return Notification.fromStanza(parseXml(text.encode()), 0)
+
+
+class ValueTests(SynchronousTestCase):
+    """A notification is an immutable value whose XML is serialized once, late."""
+
+    def setUp(self) -> None:
+        self.calls: list[object] = []
+        original = notificationModule.serializeElement
+
+        def counting(element: Any) -> str:
+            self.calls.append(element)
+            return original(element)
+
+        self.patch(notificationModule, "serializeElement", counting)
+
+    def test_rawXmlSerializedOnFirstRead(self) -> None:
+        """rawXml is serialized when first read, once, not when built."""
+        notification = Notification.fromStanza(parseXml(deepStanzaText(3).encode()), 0)
+        self.assertEqual(self.calls, [])
+        first = notification.rawXml
+        second = notification.rawXml
+        self.assertEqual(first, deepStanzaText(3))
+        self.assertIs(first, second)
+        self.assertEqual(len(self.calls), 1)
+
+    def test_childXmlSerializedOnFirstRead(self) -> None:
+        """A child's xml is serialized only when read."""
+        notification = Notification.fromStanza(parseXml(deepStanzaText(3).encode()), 0)
+        notification.toJSON()
+        self.assertEqual(len(self.calls), 1)
+        notification.children[0].xml  # noqa: B018
+        self.assertEqual(len(self.calls), 2)
+
+    def test_frozen(self) -> None:
+        """Neither rawXml nor any other field can be assigned."""
+        notification = Notification.fromStanza(parseXml(deepStanzaText(3).encode()), 0)
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            notification.rawXml = "<iq/>"  # type: ignore[misc]
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            notification.children[0].xml = "<a/>"  # type: ignore[misc]
+        self.assertEqual(notification.rawXml, deepStanzaText(3))
+
+    def test_equalityIncludesRawXml(self) -> None:
+        """Two parses of one stanza are equal; a different rawXml is not."""
+        first = Notification.fromStanza(parseXml(deepStanzaText(3).encode()), 0)
+        second = Notification.fromStanza(parseXml(deepStanzaText(3).encode()), 0)
+        self.assertEqual(first, second)
+        self.assertNotEqual(first, dataclasses.replace(second, rawXml="<iq/>"))
+
+    def test_constructedFromText(self) -> None:
+        """The constructor still takes rawXml as text, as before."""
+        notification = Notification(
+            "i", "s", "r", 1.0, "query", {}, (), rawXml="<iq id='i'/>"
+        )
+        self.assertEqual(notification.rawXml, "<iq id='i'/>")
+        self.assertEqual(notification.toJSON()["raw_xml"], "<iq id='i'/>")
+        self.assertIn("rawXml=" + repr("<iq id='i'/>"), repr(notification))
+
+    def test_jsonKeys(self) -> None:
+        """toJSON keeps its keys; an untruncated child has no extra ones."""
+        data = Notification.fromStanza(parseXml(deepStanzaText(2).encode()), 0).toJSON()
+        self.assertEqual(
+            sorted(data),
+            sorted(
+                [
+                    "id",
+                    "from",
+                    "to",
+                    "received_at",
+                    "element",
+                    "attributes",
+                    "children",
+                    "raw_xml",
+                ]
+            ),
+        )
+        self.assertEqual(
+            sorted(data["children"][0]),
+            ["attributes", "children", "name", "text", "uri"],
+        )
+
+    def test_noPayload(self) -> None:
+        """A stanza without a Disk payload is refused with ValueError."""
+        with self.assertRaises(ValueError):
+            Notification.fromStanza(parseXml(b"<iq type='set'><x xmlns='u'/></iq>"), 0)
