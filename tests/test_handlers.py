@@ -1,18 +1,21 @@
-"""Tests for yadiskpush.handlers: version, ping, push, subscription, keepalive."""
+"""
+Tests for yadiskpush.handlers: version, ping, the fallback answer, and the
+guard that answers every IQ request exactly once.
+"""
 
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
-from wokkel.generic import FallbackHandler
+from twisted.words.protocols.jabber.xmlstream import toResponse
+from twisted.words.xish import domish
+from wokkel.generic import FallbackHandler, parseXml
+from wokkel.subprotocols import XMPPHandler
 
 from tests.support import connectedStream, sentElements
-from yadiskpush.errors import ConnectionStalled, SubscriptionFailed
-from yadiskpush.handlers.keepalive import KeepaliveHandler
+from yadiskpush.handlers.guard import answersExactlyOnce, errorAnswer, sendAnswer
 from yadiskpush.handlers.ping import PingHandler
-from yadiskpush.handlers.push import PushHandler
-from yadiskpush.handlers.subscription import SubscriptionHandler
 from yadiskpush.handlers.version import VersionHandler
 
 VERSION_QUERY = (
@@ -89,208 +92,181 @@ class FallbackTests(SynchronousTestCase):
         )
 
 
-def pushStanza(n: int, extra: bytes = b"") -> bytes:
-    return (
-        b"<iq type='set' from='test@ya.ru' to='test@ya.ru/r' id='push-%d'>"
-        b"<query xmlns='yandex:push:disk' t='diff' uid='1' new='%d' odd='keep'>"
-        b"%s</query></iq>" % (n, n, extra)
-    )
+PROBE = b"<iq from='ya.ru' type='get' to='test@ya.ru/r' id='probe_1'><probe/></iq>"
 
 
-class PushTests(SynchronousTestCase):
-    def test_ackAfterDelivery(self) -> None:
-        """A push is acked only when the callback's Deferred fires."""
-        pending: list[defer.Deferred[None]] = []
-        received = []
+class Probed(XMPPHandler):
+    """
+    Observes IQ gets carrying ``<probe/>``: answers first if asked to, then
+    raises, or returns ``result`` (a Deferred) if one is given.
+    """
 
-        def onNotification(n):  # type: ignore[no-untyped-def]
-            received.append(n)
-            pending.append(defer.Deferred())
-            return pending[-1]
+    def __init__(
+        self, answerFirst: bool = False, result: defer.Deferred[None] | None = None
+    ) -> None:
+        super().__init__()
+        self.answerFirst = answerFirst
+        self.result = result
+        self.requests: list[domish.Element] = []
 
-        xs, transport = attach(PushHandler(onNotification, clock=Clock()))
-        xs.dataReceived(pushStanza(1, b"<unknown xmlns='urn:x' a='b'>t</unknown>"))
-        self.assertEqual(transport.value(), b"")
-        [n] = received
-        self.assertEqual(n.stanzaId, "push-1")
-        self.assertEqual(n.attributes["odd"], "keep")
-        self.assertEqual(n.children[0].name, "unknown")
-        self.assertEqual(n.children[0].attributes["a"], "b")
-        self.assertIn("urn:x", n.rawXml)
-        pending[0].callback(None)
-        [ack] = sentElements(transport.value())
+    def connectionInitialized(self) -> None:
+        self.xmlstream.addObserver("/iq[@type='get']/probe", self.onProbe)
+
+    @answersExactlyOnce
+    def onProbe(self, iq: domish.Element) -> defer.Deferred[None] | None:
+        self.requests.append(iq)
+        if self.answerFirst:
+            sendAnswer(self.xmlstream, iq, toResponse(iq, "result"))
+        if self.result is not None:
+            iq.handled = True
+            return self.result
+        raise ValueError("broken\nhandler")
+
+
+class GuardTests(SynchronousTestCase):
+    """Every IQ request gets exactly one answer, whatever its handler does."""
+
+    def assertOneErrorAnswer(self, data: bytes, requestId: str) -> domish.Element:
+        [reply] = sentElements(data)
         self.assertEqual(
-            (ack["type"], ack["id"], ack["to"]), ("result", "push-1", "test@ya.ru")
+            (reply["type"], reply["id"], reply["to"]), ("error", requestId, "ya.ru")
+        )
+        [error] = reply.elements()
+        self.assertEqual(error.name, "error")
+        self.assertEqual(error.firstChildElement().name, "internal-server-error")
+        return reply
+
+    def assertOneLogLine(self, events: list[dict[str, object]], *words: str) -> str:
+        [event] = events
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertNotIn("log_failure", event)
+        line = formatEvent(event)
+        self.assertNotIn("\n", line)
+        for word in words:
+            self.assertIn(word, line)
+        return line
+
+    def test_raisingHandlerAnsweredWithError(self) -> None:
+        """A handler that raises: one internal-server-error and one log line."""
+        xs, transport = attach(Probed(), FallbackHandler())
+        with capturedLogs() as events:
+            xs.dataReceived(PROBE)
+        self.assertOneErrorAnswer(transport.value(), "probe_1")
+        self.assertOneLogLine(
+            events, "Probed", "probe_1", "ValueError: broken handler", "onProbe"
         )
 
-    def test_inOrderOneAtATime(self) -> None:
-        """The second push waits for the first delivery; acks keep the order."""
-        pending: list[defer.Deferred[None]] = []
-        received = []
-
-        def onNotification(n):  # type: ignore[no-untyped-def]
-            received.append(n.stanzaId)
-            pending.append(defer.Deferred())
-            return pending[-1]
-
-        xs, transport = attach(PushHandler(onNotification, clock=Clock()))
-        xs.dataReceived(pushStanza(1) + pushStanza(2))
-        self.assertEqual(received, ["push-1"])
-        pending[0].callback(None)
-        self.assertEqual(received, ["push-1", "push-2"])
-        pending[1].callback(None)
+    def test_answeredThenRaisedNoSecondAnswer(self) -> None:
+        """A handler that answered and then raised: no second answer."""
+        xs, transport = attach(Probed(answerFirst=True), FallbackHandler())
+        with capturedLogs() as events:
+            xs.dataReceived(PROBE)
         self.assertEqual(
-            [e["id"] for e in sentElements(transport.value())], ["push-1", "push-2"]
+            [(e["type"], e["id"]) for e in sentElements(transport.value())],
+            [("result", "probe_1")],
         )
+        self.assertOneLogLine(events, "after answering", "ValueError")
 
-    def test_failedDeliveryNotAcked(self) -> None:
-        """A callback that fails gets the push answered with an error, not acked."""
-
-        def onNotification(n):  # type: ignore[no-untyped-def]
-            raise OSError("disk full")
-
-        xs, transport = attach(PushHandler(onNotification, clock=Clock()))
-        xs.dataReceived(pushStanza(1))
-        [reply] = sentElements(transport.value())
-        self.assertEqual(reply["type"], "error")
-        self.flushLoggedErrors(OSError)
-
-    def test_receivedTime(self) -> None:
-        """The notification carries the clock's time of arrival."""
-        clock = Clock()
-        clock.advance(1234.5)
-        received = []
-        xs, _ = attach(PushHandler(received.append, clock=clock))
-        xs.dataReceived(pushStanza(1))
-        self.assertEqual(received[0].receivedAt, 1234.5)
-
-
-class SubscriptionTests(SynchronousTestCase):
-    def _handler(self, clock: Clock):  # type: ignore[no-untyped-def]
-        events: list[object] = []
-        handler = SubscriptionHandler(
-            lambda: "test@ya.ru",
-            lambda: events.append("subscribed"),
-            events.append,
-            clock,
-            timeout=30,
-        )
-        xs, transport = attach(handler)
-        return xs, transport, events
-
-    def test_sendsToBareJID(self) -> None:
-        """The subscription is an IQ set with <s xmlns='yandex:push:disk'/>."""
-        xs, transport, events = self._handler(Clock())
-        [iq] = sentElements(transport.value())
-        self.assertEqual((iq["type"], iq["to"]), ("set", "test@ya.ru"))
-        self.assertEqual((iq.s.uri, iq.s.name), ("yandex:push:disk", "s"))
-        xs.dataReceived(b"<iq type='result' id='%s'/>" % iq["id"].encode())
-        self.assertEqual(events, ["subscribed"])
-
-    def test_errorReported(self) -> None:
-        """An error answer is reported as SubscriptionFailed with the condition."""
-        xs, transport, events = self._handler(Clock())
-        [iq] = sentElements(transport.value())
-        xs.dataReceived(
-            b"<iq type='error' id='%s'><error type='cancel'><not-allowed "
-            b"xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
-            % iq["id"].encode()
-        )
-        [failure] = events
-        self.assertIsInstance(failure, SubscriptionFailed)
-        self.assertEqual(failure.condition, "not-allowed")
-
-    def test_timeout(self) -> None:
-        """No answer within the timeout is reported too."""
-        clock = Clock()
-        xs, transport, events = self._handler(clock)
-        clock.advance(29)
-        self.assertEqual(events, [])
-        clock.advance(1)
-        self.assertIsInstance(events[0], SubscriptionFailed)
-
-
-class KeepaliveTests(SynchronousTestCase):
-    def _handler(self, clock: Clock):  # type: ignore[no-untyped-def]
-        dead: list[object] = []
-        handler = KeepaliveHandler(lambda: "ya.ru", dead.append, clock, 90, 20)
-        xs, transport = attach(handler)
-        return xs, transport, dead
-
-    def test_pingsAfterIdle(self) -> None:
-        """After the idle time a ping goes to the domain; an answer keeps it up."""
-        clock = Clock()
-        xs, transport, dead = self._handler(clock)
-        clock.advance(89)
+    def test_failedDeferredAnsweredWithError(self) -> None:
+        """A returned Deferred that fails gets the request an error answer then."""
+        result: defer.Deferred[None] = defer.Deferred()
+        xs, transport = attach(Probed(result=result), FallbackHandler())
+        xs.dataReceived(PROBE)
         self.assertEqual(transport.value(), b"")
-        clock.advance(1)
-        [ping] = sentElements(transport.value())
-        self.assertEqual((ping["type"], ping["to"]), ("get", "ya.ru"))
-        self.assertEqual(ping.ping.uri, "urn:xmpp:ping")
-        xs.dataReceived(b"<iq type='result' id='%s'/>" % ping["id"].encode())
-        clock.advance(60)
-        self.assertEqual(dead, [])
+        with capturedLogs() as events:
+            result.errback(KeyError("lost"))
+        self.assertOneErrorAnswer(transport.value(), "probe_1")
+        self.assertOneLogLine(events, "KeyError")
 
-    def test_deadAfterNoAnswer(self) -> None:
-        """No answer to the ping within its timeout reports a stalled link."""
-        clock = Clock()
-        xs, transport, dead = self._handler(clock)
-        clock.advance(90)
-        clock.advance(19)
-        self.assertEqual(dead, [])
-        clock.advance(1)
-        self.assertIsInstance(dead[0], ConnectionStalled)
-
-    def test_trafficPostponesPing(self) -> None:
-        """Any stanza from the server counts as life: no ping is sent."""
-        clock = Clock()
-        xs, transport, dead = self._handler(clock)
-        for _ in range(10):
-            clock.advance(60)
-            xs.dataReceived(PING)
+    def test_noLateAnswerAfterError(self) -> None:
+        """An answer attempted after the error answer is not sent."""
+        handler = Probed()
+        xs, transport = attach(handler)
+        with capturedLogs():
+            xs.dataReceived(PROBE)
+        transport.clear()
+        [iq] = handler.requests
+        self.assertFalse(sendAnswer(xs, iq, toResponse(iq, "result")))
         self.assertEqual(transport.value(), b"")
 
+    def test_sendAnswerOnce(self) -> None:
+        """sendAnswer sends the first answer only, and marks the request handled."""
+        xs, transport = attach()
+        iq = parseXml(PING)
+        self.assertTrue(sendAnswer(xs, iq, toResponse(iq, "result")))
+        self.assertFalse(sendAnswer(xs, iq, toResponse(iq, "error")))
+        self.assertEqual(
+            [e["type"] for e in sentElements(transport.value())], ["result"]
+        )
+        self.assertTrue(iq.handled)
 
-class PushWhileClosingTests(SynchronousTestCase):
-    def test_noAckAfterFooter(self) -> None:
-        """A delivery that completes after our </stream:stream> is not acked."""
-        pending: list[defer.Deferred[None]] = []
-
-        def onNotification(n):  # type: ignore[no-untyped-def]
-            pending.append(defer.Deferred())
-            return pending[-1]
-
-        xs, transport = attach(PushHandler(onNotification, clock=Clock()))
-        xs.dataReceived(pushStanza(1))
+    def test_nothingAfterFooter(self) -> None:
+        """After our </stream:stream> no answer is sent."""
+        xs, transport = attach()
         xs.sendFooter()
         transport.clear()
-        pending[0].callback(None)
+        iq = parseXml(PING)
+        self.assertFalse(sendAnswer(xs, iq, toResponse(iq, "result")))
         self.assertEqual(transport.value(), b"")
 
-
-class PushSenderTests(SynchronousTestCase):
-    def test_pushFromAnotherAccountRefused(self) -> None:
-        """A push claiming to come from another account is refused, not delivered."""
-        received: list[object] = []
-        xs, transport = attach(PushHandler(received.append, clock=Clock()))
-        xs.dataReceived(
-            b"<iq type='set' from='mallory@evil.example/x' id='spoof'>"
-            b"<query xmlns='yandex:push:disk' t='diff'/></iq>"
-        )
-        [reply] = sentElements(transport.value())
-        self.assertEqual((reply["type"], reply["id"]), ("error", "spoof"))
-        self.assertEqual(received, [])
-
-    def test_pushFromServerOrSelfAccepted(self) -> None:
-        """Pushes from the domain, our bare JID, or with no sender are delivered."""
-        received: list[object] = []
-        xs, transport = attach(PushHandler(received.append, clock=Clock()))
-        for sender in (b" from='ya.ru'", b" from='test@ya.ru'", b""):
+    def test_childNamedLikeTheFlag(self) -> None:
+        """A request whose child is named like the guard's flag is still answered."""
+        xs, transport = attach(Probed())
+        with capturedLogs():
             xs.dataReceived(
-                b"<iq type='set'%s id='p'><query xmlns='yandex:push:disk'/></iq>"
-                % sender
+                b"<iq from='ya.ru' type='get' id='probe_2'><probe/>"
+                b"<_yadiskpushAnswered/></iq>"
             )
-        self.assertEqual(len(received), 3)
+        self.assertOneErrorAnswer(transport.value(), "probe_2")
+
+    def test_deepRequestErrorWithoutEcho(self) -> None:
+        """A 5,000-deep request is refused without echoing its payload."""
+        xs, transport = attach(Probed(), FallbackHandler())
+        deep = b"<a>" * 5000 + b"</a>" * 5000
+        with capturedLogs() as events:
+            xs.dataReceived(
+                b"<iq from='ya.ru' type='get' id='probe_3'><probe>%s</probe></iq>"
+                % deep
+            )
+        self.assertOneErrorAnswer(transport.value(), "probe_3")
+        self.assertLess(len(transport.value()), 500)
+        self.assertOneLogLine(events, "ValueError")
+
+    def test_errorAnswerCarriesNoPayload(self) -> None:
+        """errorAnswer addresses the answer back and holds only the error."""
+        iq = parseXml(PING)
+        reply = errorAnswer(iq, "internal-server-error")
         self.assertEqual(
-            [e["type"] for e in sentElements(transport.value())], ["result"] * 3
+            (reply["type"], reply["id"], reply["to"], reply["from"]),
+            ("error", "ping_1", "ya.ru", "test@ya.ru/r"),
         )
+        [error] = reply.elements()
+        self.assertEqual(error["type"], "wait")
+        self.assertIsNone(reply.ping)
+
+    def test_versionThatCannotBeSentRefused(self) -> None:
+        """A version answer that cannot be serialized becomes one error answer."""
+        handler = VersionHandler("yadiskpush", 3, os="Linux 6")  # type: ignore[arg-type]
+        xs, transport = attach(handler, FallbackHandler())
+        with capturedLogs() as events:
+            xs.dataReceived(VERSION_QUERY)
+        self.assertOneErrorAnswer(transport.value(), "ask_version")
+        self.assertOneLogLine(events, "VersionHandler", "ask_version")
+
+    def test_pingWhoseAnswerFailsRefused(self) -> None:
+        """A ping whose answer fails to send gets one error answer instead."""
+        xs, transport = attach(PingHandler(), FallbackHandler())
+        send = xs.send
+        calls: list[object] = []
+
+        def failOnce(obj: object) -> None:
+            calls.append(obj)
+            if len(calls) == 1:
+                raise OSError("no buffer space")
+            send(obj)
+
+        self.patch(xs, "send", failOnce)
+        with capturedLogs() as events:
+            xs.dataReceived(PING)
+        self.assertOneErrorAnswer(transport.value(), "ping_1")
+        self.assertOneLogLine(events, "PingHandler", "OSError: no buffer space")

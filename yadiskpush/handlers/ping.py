@@ -7,6 +7,8 @@ from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
+from yadiskpush.handlers.guard import answersExactlyOnce, sendAnswer
+
 NS_PING = "urn:xmpp:ping"
 PING_REQUEST = f"/iq[@type='get']/ping[@xmlns='{NS_PING}']"
 
@@ -18,7 +20,8 @@ class PingHandler(XMPPHandler):
     module cannot be imported on current Twisted (see the package docstring).
 
     The first ping of each session is logged at info level, later ones at
-    debug, so a healthy connection does not fill the log.
+    debug, so a healthy connection does not fill the log. Every ping is
+    answered exactly once (see :mod:`yadiskpush.handlers.guard`).
     """
 
     _log = Logger()
@@ -33,9 +36,9 @@ class PingHandler(XMPPHandler):
         self.answered = 0
         self.xmlstream.addObserver(PING_REQUEST, self.onPing)
 
+    @answersExactlyOnce
     def onPing(self, iq: domish.Element) -> None:
-        iq.handled = True
-        self.xmlstream.send(toResponse(iq, "result"))
+        sendAnswer(self.xmlstream, iq, toResponse(iq, "result"))
         self.answered += 1
         emit = self._log.info if self.answered == 1 else self._log.debug
         emit(

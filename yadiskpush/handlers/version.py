@@ -9,6 +9,8 @@ from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
+from yadiskpush.handlers.guard import answersExactlyOnce, sendAnswer
+
 NS_VERSION = "jabber:iq:version"
 VERSION_QUERY = f"/iq[@type='get']/query[@xmlns='{NS_VERSION}']"
 
@@ -23,7 +25,8 @@ class VersionHandler(XMPPHandler):
     Answers ``jabber:iq:version`` gets with name, version and OS.
 
     Modelled on ``wokkel.generic.VersionHandler``, which leaves out ``<os>``.
-    The vendor asks right after the session opens.
+    The vendor asks right after the session opens. Answered exactly once:
+    if building the answer fails, the query gets ``internal-server-error``.
     """
 
     _log = Logger()
@@ -41,15 +44,15 @@ class VersionHandler(XMPPHandler):
     def connectionInitialized(self) -> None:
         self.xmlstream.addObserver(VERSION_QUERY, self.onVersion)
 
+    @answersExactlyOnce
     def onVersion(self, iq: domish.Element) -> None:
-        iq.handled = True
         response = toResponse(iq, "result")
         query = response.addElement((NS_VERSION, "query"))
         query.addElement("name", content=self.name)
         query.addElement("version", content=self.version)
         if self.os:
             query.addElement("os", content=self.os)
-        self.xmlstream.send(response)
+        sendAnswer(self.xmlstream, iq, response)
         self._log.info(
             "Answered the version query from {sender}: {name} {version}",
             sender=iq.getAttribute("from", "the server"),
