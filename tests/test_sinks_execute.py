@@ -1,26 +1,35 @@
 """
-Tests for yadiskpush.delivery.sinks.execute: real child processes on the real reactor.
+Tests for yadiskpush.delivery.sinks.execute.
 
-The tests never sleep. A run that must stay in progress blocks reading a
-line from a FIFO the test holds open, and the test writes that line when
-the run may end. Everything else waits for the sink's own log events, and
-the class timeout bounds every wait.
+:class:`ExecSinkTests` run real child processes on the real reactor, with a
+real journal. The tests never sleep. A run that must stay in progress
+blocks reading a line from a FIFO the test holds open, and the test writes
+that line when the run may end. Everything else waits for the sink's own
+log events, and the class timeout bounds every wait.
+
+:class:`ExecSinkClockTests` drive the timers (spawn retries, the close
+grace) on a ``task.Clock``, with a fake process reactor and a journal whose
+Deferreds the test fires.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, reactor, task
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
-from twisted.trial.unittest import TestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from wokkel.generic import parseXml
 
+from yadiskpush.delivery.journal import Entry, Journal, JournalError
 from yadiskpush.delivery.sinks import DeliveryFailed, ExecSink, Sink, encodeJSONLine
 from yadiskpush.delivery.sinks.execute import childEnvironment, environmentName
 from yadiskpush.notification import Notification
@@ -39,15 +48,31 @@ GATED_RUN = (
 )
 
 
-def makeNotification(number: int) -> Notification:
-    """A push as the server sends it, numbered ``number``."""
+def makeNotification(number: int, extra: str = "") -> Notification:
+    """A push as the server sends it, numbered ``number`` (``extra``: more
+    attributes of its payload, as XML)."""
     xml = (
         f"<iq type='set' id='push{number}' from='push.xmpp.yandex.ru' "
         f"to='user@ya.ru/yadiskpush'><query xmlns='yandex:push:disk' "
-        f"type='disk' revision='{number}' new-revision='{number + 1}'>"
+        f"type='disk' revision='{number}' new-revision='{number + 1}' {extra}>"
         f"<path>/disk/f{number}</path></query></iq>"
     )
     return Notification.fromStanza(parseXml(xml.encode("utf-8")), 1700000000.25)
+
+
+def lastOf(notification: Notification) -> dict[str, Any]:
+    """What childEnvironment reads: the notification's JSON form."""
+    return json.loads(encodeJSONLine(notification))
+
+
+def isRunning(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(b")") + 2 :].split()[0] not in b"ZX"
 
 
 def isRunEnd(event: LogEvent) -> bool:
@@ -97,7 +122,8 @@ class LogRecorder:
 
 
 class ExecSinkTests(TestCase):
-    """ExecSink runs one command at a time, coalesces, and survives failures."""
+    """ExecSink runs one command at a time, coalesces, journals every acked
+    push until a run has consumed it, and survives failures."""
 
     timeout = 30
 
@@ -110,11 +136,14 @@ class ExecSinkTests(TestCase):
             "PYTHON": sys.executable,
         }
         self.recorder = LogRecorder()
+        self.journalPath = Path(self.dir) / "journal.sqlite3"
 
     def makeSink(
         self, command: str, timeout: float | None = 10, **kwargs: Any
     ) -> ExecSink:
+        """A sink on the test's journal file; closed on cleanup."""
         kwargs.setdefault("environ", self.environ)
+        kwargs.setdefault("journal", Journal(self.journalPath, reactor))
         sink = ExecSink(
             command,
             timeout,
@@ -123,6 +152,14 @@ class ExecSinkTests(TestCase):
         )
         self.addCleanup(sink.close)
         return sink
+
+    @defer.inlineCallbacks
+    def journaled(self) -> Generator[Any, Any, list[Entry]]:
+        """The entries in the test's journal file (the sink must be closed)."""
+        journal = Journal(self.journalPath, reactor)
+        entries = yield journal.open()
+        yield journal.close()
+        return entries
 
     def openGate(self) -> int:
         """
@@ -169,8 +206,7 @@ class ExecSinkTests(TestCase):
         self.environ["KEPT"] = "kept"
         sink = self.makeSink(f'cat > "$DIR/stdin"; {DUMP_ENV} "$DIR/env.json"')
         notification = makeNotification(1)
-        result = sink.deliver(notification)
-        self.assertIsNone(self.successResultOf(result))
+        self.assertIsNone((yield sink.deliver(notification)))
         yield self.recorder.waitFor(isRunEnd)
         with open(os.path.join(self.dir, "stdin"), "rb") as f:
             self.assertEqual(f.read(), encodeJSONLine(notification))
@@ -223,10 +259,13 @@ class ExecSinkTests(TestCase):
         which reads all hundred, oldest first."""
         gate = self.openGate()
         sink = self.makeSink(GATED_RUN, timeout=None)
-        self.successResultOf(sink.deliver(makeNotification(0)))
-        for number in range(1, 101):
-            self.successResultOf(sink.deliver(makeNotification(number)))
+        yield sink.deliver(makeNotification(0))
+        yield defer.gatherResults(
+            [sink.deliver(makeNotification(number)) for number in range(1, 101)]
+        )
         self.assertEqual(sink.runs, 1)
+        # One commit for the first push, one for the hundred of one turn.
+        self.assertEqual(sink.journal.commits, 2)
 
         os.write(gate, b"go\n")
         yield self.recorder.waitFor(isRunEnd)
@@ -250,17 +289,20 @@ class ExecSinkTests(TestCase):
     def test_failingCommand(self) -> Generator[Any, Any, None]:
         """A command exiting 3 is logged with status 3; the next push still runs."""
         sink = self.makeSink("cat > /dev/null; exit 3")
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        yield sink.deliver(makeNotification(1))
         (end,) = yield self.recorder.waitFor(isRunEnd)
         self.assertEqual(end["exitStatus"], 3)
         self.assertEqual(end["log_level"], LogLevel.warn)
         self.assertFalse(end["timedOut"])
         self.assertIn("exit status 3", formatEvent(end))
 
-        self.successResultOf(sink.deliver(makeNotification(2)))
+        yield sink.deliver(makeNotification(2))
         ends = yield self.recorder.waitFor(isRunEnd, 2)
         self.assertEqual(ends[1]["exitStatus"], 3)
         self.assertEqual(sink.runs, 2)
+        # Not retried: both runs' entries were consumed.
+        yield sink.close()
+        self.assertEqual((yield self.journaled()), [])
 
     @defer.inlineCallbacks
     def test_successLoggedAtInfo(self) -> Generator[Any, Any, None]:
@@ -345,41 +387,137 @@ class ExecSinkTests(TestCase):
         self.assertEqual(suppressed["suppressed"], 16)
 
     @defer.inlineCallbacks
-    def test_closeRunsTheFollowUp(self) -> Generator[Any, Any, None]:
-        """close() waits for the current run, then runs the queued pushes."""
+    def test_closeKeepsTheFollowUpJournaled(self) -> Generator[Any, Any, None]:
+        """close() lets the current run finish but starts no follow-up: the
+        pushes that were waiting stay journaled, and the count is logged."""
         gate = self.openGate()
         sink = self.makeSink(GATED_RUN, timeout=None)
-        sink.deliver(makeNotification(0))
-        sink.deliver(makeNotification(1))
-        sink.deliver(makeNotification(2))
+        yield sink.deliver(makeNotification(0))
+        yield defer.gatherResults([sink.deliver(makeNotification(n)) for n in (1, 2)])
         closed = sink.close()
         self.assertNoResult(closed)
         self.failureResultOf(sink.deliver(makeNotification(3)), DeliveryFailed)
 
-        os.write(gate, b"go\ngo\n")
+        os.write(gate, b"go\n")
         yield closed
-        self.assertEqual(sink.runs, 2)
-        runs = self.recordedRuns()
-        self.assertEqual([count for count, _ in runs], [1, 2])
-        self.assertEqual([o["id"] for o in runs[1][1]], ["push1", "push2"])
+        self.assertEqual(sink.runs, 1)
+        self.assertEqual([count for count, _ in self.recordedRuns()], [1])
+        entries = yield self.journaled()
+        self.assertEqual(
+            [line for _, line in entries],
+            [encodeJSONLine(makeNotification(n)) for n in (1, 2)],
+        )
+        self.assertIn(
+            "2 notification(s) stay journaled; they go to the command at the "
+            "next start",
+            self.recorder.texts(),
+        )
+
+    @defer.inlineCallbacks
+    def test_replayAfterRestart(self) -> Generator[Any, Any, None]:
+        """Entries an earlier process left are run first, in one run, with
+        stdin byte-identical to a direct run, and then leave the journal."""
+        notifications = [makeNotification(n) for n in range(3)]
+        journal = Journal(self.journalPath, reactor)
+        yield journal.open()
+        for notification in notifications:
+            yield journal.append(encodeJSONLine(notification))
+        yield journal.close()
+
+        sink = self.makeSink(f'cat > "$DIR/stdin"; {DUMP_ENV} "$DIR/env.json"')
+        yield sink.start()
+        (end,) = yield self.recorder.waitFor(isRunEnd)
+        self.assertIn(
+            "Replaying 3 notification(s) journaled before a restart",
+            self.recorder.texts(),
+        )
+        self.assertEqual(end["count"], 3)
+        with open(os.path.join(self.dir, "stdin"), "rb") as f:
+            self.assertEqual(
+                f.read(), b"".join(encodeJSONLine(n) for n in notifications)
+            )
+        env = self.readJSON("env.json")
+        self.assertEqual(env["YADISKPUSH_COUNT"], "3")
+        self.assertEqual(env["YADISKPUSH_ID"], "push2")
+        self.assertEqual(env["YADISKPUSH_ATTR_REVISION"], "2")
+        self.assertEqual(float(env["YADISKPUSH_RECEIVED_AT"]), 1700000000.25)
+        yield sink.close()
+        self.assertEqual((yield self.journaled()), [])
+
+    @defer.inlineCallbacks
+    def test_boundedClose(self) -> Generator[Any, Any, None]:
+        """close() stops a run still going after closeGrace (its process
+        group included) and keeps its pushes journaled for the next start."""
+        sink = self.makeSink(
+            'cat > /dev/null; sleep 30 & echo "$!" > "$DIR/bg"; wait',
+            timeout=None,
+            closeGrace=0.2,
+            killGrace=5,
+        )
+        yield sink.deliver(makeNotification(1))
+        yield self.recorder.waitFor(lambda e: "Running the command" in formatEvent(e))
+        yield sink.close()
+        (end,) = self.recorder.matching(isRunEnd)
+        self.assertTrue(end["stoppedByShutdown"])
+        self.assertEqual(end["signal"], signal.SIGTERM)
+        self.assertIn("stay journaled for the next start", formatEvent(end))
+        entries = yield self.journaled()
+        self.assertEqual(
+            [line for _, line in entries], [encodeJSONLine(makeNotification(1))]
+        )
+        # The background sleep was in the group, and is gone too (at most
+        # a zombie, which its new parent may take a while to reap).
+        with open(os.path.join(self.dir, "bg")) as f:
+            background = int(f.read())
+        self.assertFalse(isRunning(background))
+
+    @defer.inlineCallbacks
+    def test_oversizedAttributeOnlyOnStdin(self) -> Generator[Any, Any, None]:
+        """A 200 KB attribute is left out of the environment, named in the
+        log, and still on standard input; the command starts."""
+        big = "x" * 200_000
+        notification = makeNotification(1, f"blob='{big}'")
+        sink = self.makeSink(f'cat > "$DIR/stdin"; {DUMP_ENV} "$DIR/env.json"')
+        yield sink.deliver(notification)
+        (end,) = yield self.recorder.waitFor(isRunEnd)
+        self.assertEqual(end["exitStatus"], 0)
+        env = self.readJSON("env.json")
+        self.assertNotIn("YADISKPUSH_ATTR_BLOB", env)
+        self.assertEqual(env["YADISKPUSH_ATTR_REVISION"], "1")
+        with open(os.path.join(self.dir, "stdin"), "rb") as f:
+            stdin = f.read()
+        self.assertEqual(stdin, encodeJSONLine(notification))
+        self.assertEqual(json.loads(stdin)["attributes"]["blob"], big)
+        (leftOut,) = self.recorder.matching(lambda e: "leftOut" in e)
+        self.assertEqual(leftOut["leftOut"], ["YADISKPUSH_ATTR_BLOB"])
+        self.assertEqual(leftOut["log_level"], LogLevel.warn)
 
     @defer.inlineCallbacks
     def test_queueFull(self) -> Generator[Any, Any, None]:
-        """Past maxPending queued pushes, deliver fails and logs an error."""
+        """Past maxPending journaled and unconsumed pushes (the running
+        one included), deliver fails and logs an error."""
         gate = self.openGate()
         sink = self.makeSink(GATED_RUN, timeout=None, maxPending=2)
-        for number in range(3):
-            self.successResultOf(sink.deliver(makeNotification(number)))
+        yield sink.deliver(makeNotification(0))
+        yield sink.deliver(makeNotification(1))
         failure = self.failureResultOf(
-            sink.deliver(makeNotification(3)), DeliveryFailed
+            sink.deliver(makeNotification(2)), DeliveryFailed
         )
-        self.assertEqual(failure.value.stanzaId, "push3")
+        self.assertEqual(failure.value.stanzaId, "push2")
         self.assertTrue(
             [e for e in self.recorder.events if e["log_level"] == LogLevel.error]
         )
+        # Once the first run is consumed, there is room again.
+        os.write(gate, b"go\n")
+        yield self.recorder.waitFor(isRunEnd)
+        yield sink.deliver(makeNotification(3))
         os.write(gate, b"go\ngo\n")
+        yield self.recorder.waitFor(isRunEnd, 3)
         yield sink.close()
-        self.assertEqual([count for count, _ in self.recordedRuns()], [1, 2])
+        self.assertEqual(
+            [[o["id"] for o in objects] for _, objects in self.recordedRuns()],
+            [["push0"], ["push1"], ["push3"]],
+        )
 
     @defer.inlineCallbacks
     def test_backgroundProcessDoesNotBlock(self) -> Generator[Any, Any, None]:
@@ -387,30 +525,46 @@ class ExecSinkTests(TestCase):
         next run nor hangs close()."""
         sink = self.makeSink('cat > /dev/null; sleep 30 & echo "$!" > "$DIR/bg"')
         sink.pipeGrace = 0.2
-        sink.deliver(makeNotification(1))
+        yield sink.deliver(makeNotification(1))
         yield self.recorder.waitFor(isRunEnd)
         with open(os.path.join(self.dir, "bg")) as f:
             background = int(f.read())
         self.addCleanup(os.kill, background, signal.SIGKILL)
-        sink.deliver(makeNotification(2))
+        yield sink.deliver(makeNotification(2))
         yield self.recorder.waitFor(isRunEnd, 2)
         yield sink.close()
         self.assertTrue(
             [t for t in self.recorder.texts() if "still holds its output" in t]
         )
 
-    def test_deliverAfterClose(self) -> None:
+    @defer.inlineCallbacks
+    def test_deliverAfterClose(self) -> Generator[Any, Any, None]:
         """Delivering to a closed sink fails with DeliveryFailed."""
         sink = self.makeSink("true")
-        self.successResultOf(sink.close())
+        yield sink.close()
         self.failureResultOf(sink.deliver(makeNotification(1)), DeliveryFailed)
+
+    @defer.inlineCallbacks
+    def test_unusableJournalRefuses(self) -> Generator[Any, Any, None]:
+        """A journal that cannot be opened is logged once, and every push is
+        refused (not acknowledged) instead of being lost."""
+        self.journalPath.write_bytes(b"not a database" * 100)
+        sink = self.makeSink("true")
+        failure = yield self.assertFailure(
+            sink.deliver(makeNotification(1)), DeliveryFailed
+        )
+        self.assertIn("corrupt", str(failure))
+        self.failureResultOf(sink.deliver(makeNotification(2)), DeliveryFailed)
+        errors = [e for e in self.recorder.events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertEqual(sink.runs, 0)
 
     def test_emptyCommandRefused(self) -> None:
         """An empty command is a ValueError at construction."""
         self.assertRaises(ValueError, ExecSink, "  ", None)
 
 
-class EnvironmentTests(TestCase):
+class EnvironmentTests(SynchronousTestCase):
     """The child environment is built explicitly from the parent's."""
 
     def test_attributeNames(self) -> None:
@@ -422,13 +576,317 @@ class EnvironmentTests(TestCase):
         self.assertEqual(environmentName("Фото"), "YADISKPUSH_ATTR_____")
 
     def test_lastNotificationDescribed(self) -> None:
-        """For a coalesced run the variables describe the last notification."""
-        env = childEnvironment(
-            [makeNotification(1), makeNotification(2)],
+        """The variables describe the notification given, with the run's count."""
+        env, leftOut = childEnvironment(
+            lastOf(makeNotification(2)),
+            2,
             {"HOME": "/home/u", "YADISKPUSH_TOKEN": "secret"},
         )
         self.assertEqual(env["HOME"], "/home/u")
         self.assertEqual(env["YADISKPUSH_COUNT"], "2")
         self.assertEqual(env["YADISKPUSH_ID"], "push2")
         self.assertEqual(env["YADISKPUSH_ATTR_REVISION"], "2")
+        self.assertEqual(env["YADISKPUSH_RECEIVED_AT"], repr(1700000000.25))
         self.assertNotIn("YADISKPUSH_TOKEN", env)
+        self.assertEqual(leftOut, [])
+
+    def test_longValueLeftOut(self) -> None:
+        """A value longer than maxValue bytes (UTF-8) is left out and named."""
+        notification = makeNotification(1, "a='ééé' b='12345'")
+        env, leftOut = childEnvironment(lastOf(notification), 1, {}, maxValue=5)
+        self.assertNotIn("YADISKPUSH_ATTR_A", env)
+        self.assertEqual(env["YADISKPUSH_ATTR_B"], "12345")
+        self.assertIn("YADISKPUSH_ATTR_A", leftOut)
+
+    def test_totalCapped(self) -> None:
+        """Attributes past maxTotal bytes of YADISKPUSH_* variables are left
+        out in name order; the fixed variables always stay."""
+        notification = makeNotification(1, "a='1111' b='2222' c='3333'")
+        last = lastOf(notification)
+        full, _ = childEnvironment(last, 1, {})
+        fixedSize = sum(
+            len(name) + len(value) + 2
+            for name, value in full.items()
+            if not name.startswith("YADISKPUSH_ATTR_")
+        )
+        entrySize = len("YADISKPUSH_ATTR_A") + len("1111") + 2
+        env, leftOut = childEnvironment(last, 1, {}, maxTotal=fixedSize + 2 * entrySize)
+        self.assertEqual(env["YADISKPUSH_ATTR_A"], "1111")
+        self.assertEqual(env["YADISKPUSH_ATTR_B"], "2222")
+        self.assertEqual(env["YADISKPUSH_ID"], "push1")
+        self.assertEqual(
+            leftOut,
+            [
+                "YADISKPUSH_ATTR_C",
+                "YADISKPUSH_ATTR_NEW_REVISION",
+                "YADISKPUSH_ATTR_REVISION",
+                "YADISKPUSH_ATTR_TYPE",
+            ],
+        )
+
+
+class FakeTransport:
+    """The process transport a :class:`FakeProcessReactor` hands out."""
+
+    pid = None
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.signals: list[int] = []
+        self.stdinClosed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def closeStdin(self) -> None:
+        self.stdinClosed = True
+
+    def signalProcess(self, number: int) -> None:
+        self.signals.append(number)
+
+    def loseConnection(self) -> None:
+        pass
+
+
+class FakeProcessReactor(task.Clock):
+    """
+    A clock whose ``spawnProcess`` raises the errors queued in ``failures``
+    first, then records the spawn and returns a :class:`FakeTransport`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[Exception] = []
+        self.spawned: list[tuple[Any, FakeTransport, dict[str, str]]] = []
+
+    def spawnProcess(
+        self, protocol: Any, executable: str, args: list[str], env: Any, path: Any
+    ) -> FakeTransport:
+        if self.failures:
+            raise self.failures.pop(0)
+        transport = FakeTransport()
+        self.spawned.append((protocol, transport, env))
+        protocol.makeConnection(transport)
+        return transport
+
+
+class FakeJournal:
+    """
+    A journal in memory whose appends fire at once, or, with ``hold``, when
+    the test fires them: the durability a test controls.
+    """
+
+    def __init__(self, leftovers: list[Entry] | None = None) -> None:
+        self.leftovers = leftovers or []
+        self.count = len(self.leftovers)
+        self.commits = 0
+        self.hold = False
+        self.held: list[defer.Deferred[int]] = []
+        self.failure: Exception | None = None
+        self.removed: list[int] = []
+        self.closed = False
+        self._nextId = max((i for i, _ in self.leftovers), default=0) + 1
+
+    def open(self) -> defer.Deferred[list[Entry]]:
+        return defer.succeed(list(self.leftovers))
+
+    def append(self, line: bytes) -> defer.Deferred[int]:
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        self.count += 1
+        entryId, self._nextId = self._nextId, self._nextId + 1
+        if self.hold:
+            d: defer.Deferred[int] = defer.Deferred()
+            d.addCallback(lambda _: entryId)
+            self.held.append(d)
+            return d
+        return defer.succeed(entryId)
+
+    def remove(self, ids: list[int]) -> defer.Deferred[None]:
+        self.count -= len(ids)
+        self.removed.extend(ids)
+        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred[None]:
+        self.closed = True
+        return defer.succeed(None)
+
+
+def exited(status: int = 0, signalNumber: int | None = None) -> Failure:
+    """The reason a process protocol gets when its process ends."""
+    if status == 0 and signalNumber is None:
+        return Failure(error.ProcessDone(0))
+    return Failure(error.ProcessTerminated(status, signalNumber))
+
+
+class ExecSinkClockTests(TestCase):
+    """Retries and the close grace, on a Clock: no real process, no waiting."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.journal = FakeJournal()
+        self.recorder = LogRecorder()
+
+    def makeSink(self, **kwargs: Any) -> ExecSink:
+        kwargs.setdefault("journal", self.journal)
+        return ExecSink(
+            "cat",
+            None,
+            reactor=self.reactor,
+            environ={"PATH": "/bin"},
+            log=Logger(observer=cast(ILogObserver, self.recorder)),
+            **kwargs,
+        )
+
+    def endRun(self, index: int, reason: Failure | None = None) -> None:
+        """The process of the ``index``-th spawn exits and its pipes close."""
+        protocol, _, _ = self.reactor.spawned[index]
+        protocol.processEnded(reason or exited())
+
+    def test_ackWaitsForTheJournal(self) -> None:
+        """deliver fires only once the journal has the push on disk, and no
+        run starts before that."""
+        self.journal.hold = True
+        sink = self.makeSink()
+        delivered = sink.deliver(makeNotification(1))
+        self.assertNoResult(delivered)
+        self.assertEqual(self.reactor.spawned, [])
+        self.journal.held[0].callback(None)
+        self.assertIsNone(self.successResultOf(delivered))
+        self.assertEqual(len(self.reactor.spawned), 1)
+        _, transport, _ = self.reactor.spawned[0]
+        self.assertEqual(transport.written, encodeJSONLine(makeNotification(1)))
+
+    def test_journalFailureRefuses(self) -> None:
+        """A push the journal cannot write is refused with one error line."""
+        self.journal.failure = JournalError("disk full")
+        sink = self.makeSink()
+        failure = self.failureResultOf(
+            sink.deliver(makeNotification(1)), DeliveryFailed
+        )
+        self.assertIn("disk full", str(failure.value))
+        errors = [e for e in self.recorder.events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("push1", formatEvent(errors[0]))
+
+    def test_consumedEntriesRemoved(self) -> None:
+        """When a run ends, failing or not, its entries leave the journal."""
+        sink = self.makeSink()
+        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.successResultOf(sink.deliver(makeNotification(2)))
+        self.assertEqual(self.journal.removed, [])
+        self.endRun(0, exited(3))
+        self.assertEqual(self.journal.removed, [1])
+        self.endRun(1)
+        self.assertEqual(self.journal.removed, [1, 2])
+        self.assertEqual(self.journal.count, 0)
+
+    def test_spawnFailureRetried(self) -> None:
+        """E2BIG at spawn is logged once per attempt and retried after 5, 10,
+        then 20 s; the pushes stay journaled and run once a start works."""
+        self.reactor.failures = [OSError(errno.E2BIG, "Argument list too long")] * 3
+        sink = self.makeSink()
+        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.successResultOf(sink.deliver(makeNotification(2)))
+        failures = self.recorder.matching(lambda e: "spawnFailed" in e)
+        self.assertEqual(len(failures), 1)
+        self.assertIn("(E2BIG)", formatEvent(failures[0]))
+        self.assertIn("1 notification(s) stay journaled", formatEvent(failures[0]))
+        for delay, attempts in [(5, 2), (10, 3)]:
+            self.reactor.advance(delay - 0.5)
+            self.assertEqual(
+                len(self.recorder.matching(lambda e: "spawnFailed" in e)), attempts - 1
+            )
+            self.reactor.advance(0.5)
+            failures = self.recorder.matching(lambda e: "spawnFailed" in e)
+            self.assertEqual(len(failures), attempts)
+            self.assertIn(
+                f"2 notification(s) stay journaled; next attempt in {delay * 2} s",
+                formatEvent(failures[-1]),
+            )
+        self.assertEqual(self.reactor.spawned, [])
+        self.reactor.advance(20)
+        self.assertEqual(sink.runs, 1)
+        _, transport, env = self.reactor.spawned[0]
+        self.assertEqual(env["YADISKPUSH_COUNT"], "2")
+        self.assertEqual(
+            transport.written,
+            encodeJSONLine(makeNotification(1)) + encodeJSONLine(makeNotification(2)),
+        )
+        self.assertEqual(self.journal.removed, [])
+
+    def test_replayedFirst(self) -> None:
+        """Entries left by an earlier process run at start, before new ones."""
+        leftover = encodeJSONLine(makeNotification(1))
+        self.journal = FakeJournal([(7, leftover)])
+        sink = self.makeSink()
+        self.successResultOf(sink.start())
+        self.assertIn(
+            "Replaying 1 notification(s) journaled before a restart",
+            self.recorder.texts(),
+        )
+        self.successResultOf(sink.deliver(makeNotification(2)))
+        _, transport, _ = self.reactor.spawned[0]
+        self.assertEqual(transport.written, leftover)
+        self.endRun(0)
+        self.assertEqual(self.journal.removed, [7])
+        _, transport, _ = self.reactor.spawned[1]
+        self.assertEqual(transport.written, encodeJSONLine(makeNotification(2)))
+
+    def test_closeWaitsForARunWithinTheGrace(self) -> None:
+        """A run that ends within closeGrace is waited for, not signalled, and
+        its entries are consumed."""
+        sink = self.makeSink(closeGrace=5)
+        self.successResultOf(sink.deliver(makeNotification(1)))
+        closed = sink.close()
+        self.reactor.advance(4.9)
+        self.assertNoResult(closed)
+        self.endRun(0)
+        self.successResultOf(closed)
+        _, transport, _ = self.reactor.spawned[0]
+        self.assertEqual(transport.signals, [])
+        self.assertEqual(self.journal.removed, [1])
+        self.assertTrue(self.journal.closed)
+
+    def test_closeStopsARunAfterTheGrace(self) -> None:
+        """After closeGrace the run gets SIGTERM, killGrace later SIGKILL; its
+        entries and the waiting ones stay journaled; no follow-up run."""
+        sink = self.makeSink(closeGrace=5, killGrace=2)
+        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.successResultOf(sink.deliver(makeNotification(2)))
+        closed = sink.close()
+        _, transport, _ = self.reactor.spawned[0]
+        self.reactor.advance(5)
+        self.assertEqual(transport.signals, [signal.SIGTERM])
+        self.reactor.advance(2)
+        self.assertEqual(transport.signals, [signal.SIGTERM, signal.SIGKILL])
+        self.assertNoResult(closed)
+        self.endRun(0, exited(signalNumber=signal.SIGKILL))
+        self.successResultOf(closed)
+        self.assertEqual(sink.runs, 1)
+        self.assertEqual(self.journal.removed, [])
+        self.assertIn(
+            "2 notification(s) stay journaled; they go to the command at the "
+            "next start",
+            self.recorder.texts(),
+        )
+
+    def test_closeNeverHangs(self) -> None:
+        """A run that survives even SIGKILL does not hold close() beyond
+        closeGrace + killGrace + pipeGrace; that is logged."""
+        sink = self.makeSink(closeGrace=5, killGrace=2)
+        self.successResultOf(sink.deliver(makeNotification(1)))
+        closed = sink.close()
+        # Step by step: a Clock runs late calls at the time advanced to.
+        for step in (5, 2, sink.pipeGrace - 0.5):
+            self.reactor.advance(step)
+        self.assertNoResult(closed)
+        self.reactor.advance(0.5)
+        # The output pipes are abandoned after pipeGrace more.
+        self.reactor.advance(sink.pipeGrace)
+        self.successResultOf(closed)
+        self.assertTrue(
+            [t for t in self.recorder.texts() if "did not exit even after SIGKILL" in t]
+        )
+        self.assertEqual(self.journal.removed, [])
+        self.assertTrue(self.journal.closed)

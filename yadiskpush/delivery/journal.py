@@ -270,7 +270,9 @@ class Journal:
         self._flushCall: Any = None
         self._opened = False
         self._closed = False
-        self._closing: defer.Deferred[None] | None = None
+        self._closing = False
+        self._closeFinished = False
+        self._closeWaiters: list[defer.Deferred[None]] = []
 
     def __repr__(self) -> str:
         return f"<Journal {self.path or ':memory:'}>"
@@ -371,23 +373,34 @@ class Journal:
         worker thread. Never fails; calling it again waits for the same
         close.
         """
-        if self._closing is None:
+        if not self._closing:
+            self._closing = True
             self._closed = True
             if self._pool is None or not self._pool.started:
-                self._closing = defer.succeed(None)
+                self._closeFinished = True
             else:
                 if self._flushCall is not None:
                     self._flushCall.cancel()
                     self._flush()
-
-                def closeFailed(reason: Failure) -> None:
-                    self._log.failure("Closing {journal} failed", reason, journal=self)
-
-                self._closing = self._call(self._store.close).addCallbacks(
-                    lambda _: None, closeFailed
+                self._call(self._store.close).addCallbacks(
+                    self._finishClose, self._closeFailed
                 )
-                self._closing.addBoth(lambda _: self._stopPool())
-        return _follow(self._closing)
+        if self._closeFinished:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._closeWaiters.append(d)
+        return d
+
+    def _closeFailed(self, reason: Failure) -> None:
+        self._log.failure("Closing {journal} failed", reason, journal=self)
+        self._finishClose(None)
+
+    def _finishClose(self, _: object) -> None:
+        self._stopPool()
+        self._closeFinished = True
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for d in waiters:
+            d.callback(None)
 
     def _stopPool(self) -> None:
         if self._shutdownTrigger is not None:
@@ -399,15 +412,3 @@ class Journal:
                 pass
         if self._pool is not None and self._pool.started:
             self._pool.stop()
-
-
-def _follow(d: defer.Deferred[None]) -> defer.Deferred[None]:
-    """A new Deferred firing when ``d`` has, without touching ``d``'s result."""
-    follower: defer.Deferred[None] = defer.Deferred()
-
-    def fire(result: object) -> object:
-        follower.callback(None)
-        return result
-
-    d.addBoth(fire)
-    return follower

@@ -642,7 +642,7 @@ class ExecSink:
         self._retryCall: IDelayedCall | None = None
         self._nextRetryDelay = retryDelay
         self._closing = False
-        self._closed: defer.Deferred[None] | None = None
+        self._closed = _Event()
         self.runs = 0
 
     def __repr__(self) -> str:
@@ -857,15 +857,13 @@ class ExecSink:
         journaled); close the journal, logging how many notifications stay
         in it for the next start. Never fails.
         """
-        if self._closed is None:
+        if not self._closing:
             self._closing = True
             if self._retryCall is not None:
                 self._retryCall.cancel()
                 self._retryCall = None
-            self._closed = self._shutDown()
-        follower: defer.Deferred[None] = defer.Deferred()
-        self._closed.addBoth(lambda result: (follower.callback(None), result)[1])
-        return follower
+            self._shutDown().addBoth(lambda _: self._closed.fire())
+        return self._closed.wait()
 
     @defer.inlineCallbacks
     def _shutDown(self) -> Any:
