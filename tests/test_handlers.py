@@ -200,6 +200,17 @@ class GuardTests(SynchronousTestCase):
         )
         self.assertTrue(iq.handled)
 
+    def test_sendAnswerText(self) -> None:
+        """An answer given as XML text counts as the one answer too."""
+        xs, transport = attach()
+        iq = parseXml(PING)
+        self.assertTrue(sendAnswer(xs, iq, "<iq type='result' id='ping_1'/>"))
+        self.assertFalse(sendAnswer(xs, iq, toResponse(iq, "result")))
+        self.assertEqual(
+            [(e["type"], e["id"]) for e in sentElements(transport.value())],
+            [("result", "ping_1")],
+        )
+
     def test_nothingAfterFooter(self) -> None:
         """After our </stream:stream> no answer is sent."""
         xs, transport = attach()

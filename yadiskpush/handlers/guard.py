@@ -66,10 +66,11 @@ def canSend(xs: Any) -> bool:
     )
 
 
-def sendAnswer(xs: Any, iq: domish.Element, response: domish.Element) -> bool:
+def sendAnswer(xs: Any, iq: domish.Element, response: domish.Element | str) -> bool:
     """
-    Send ``response`` on ``xs`` as the one answer to ``iq``, and mark ``iq``
-    answered and handled (so wokkel's ``FallbackHandler`` stays silent).
+    Send ``response`` (an element, or its XML text) on ``xs`` as the one
+    answer to ``iq``, and mark ``iq`` answered and handled (so wokkel's
+    ``FallbackHandler`` stays silent).
 
     Nothing is sent if ``iq`` was answered before, or if ``xs`` can no
     longer carry it (see :func:`canSend`): the stream that brought the
