@@ -1,0 +1,231 @@
+"""
+``twistd yadiskpush --exec`` killed with SIGKILL while a run is in progress,
+then started again: every push the server saw acknowledged reaches the
+command (duplicates allowed, losses not).
+
+The real ``twistd`` child (as in ``test_plugin``) against a
+:class:`~yadiskpush.localserver.LocalServer` in the test process, over
+loopback TLS. The command appends its standard input to a file; in the
+first child it then blocks reading a line from a FIFO the test holds open,
+so the run is certainly in progress when the child is killed and every later
+push is only in the journal. Waits are on the child's output, the server's
+answers and a bounded check of the output file; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, error, reactor, task
+from twisted.trial.unittest import TestCase
+
+from tests.integration.test_plugin import (
+    FILE_CHECK_INTERVAL,
+    REPOSITORY,
+    TWISTD,
+    TWISTD_ARGS,
+    ChildExited,
+    Steps,
+    TwistdProcess,
+    readLines,
+)
+from yadiskpush.localserver import LocalServer
+
+LOGIN = "test"
+PUSHES = 200
+
+#: Records its process group, appends its stdin to $OUT, and, when $GATE is
+#: set, waits for a line on that FIFO.
+COMMAND = (
+    'echo "$$" >> "$PIDS"; cat >> "$OUT"; '
+    'if [ -n "$GATE" ]; then read -r line < "$GATE"; fi'
+)
+
+
+class ExecCrashTests(TestCase):
+    """SIGKILL during an --exec run loses no acknowledged push."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if not TWISTD.exists():
+            self.skipTest(f"no twistd next to {TWISTD.parent}")
+        self.directory = Path(tempfile.mkdtemp(prefix="yadiskpush-exec-crash-"))
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.out = self.directory / "out.jsonl"
+        self.pids = self.directory / "pids"
+        self.stateDir = self.directory / "state"
+        self.token = "y0_" + secrets.token_urlsafe(32)
+        self.tokenFile = self.directory / "token"
+        self.tokenFile.touch(mode=0o600)
+        self.tokenFile.write_text(self.token + "\n")
+        self.environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(REPOSITORY),
+            "HOME": str(self.directory),
+            "LANG": "C.UTF-8",
+            "OUT": str(self.out),
+            "PIDS": str(self.pids),
+        }
+        # Runs the first child left behind: its SIGKILL does not reach them.
+        self.addCleanup(self.killRuns)
+
+    def killRuns(self) -> None:
+        if not self.pids.exists():
+            return
+        for pgid in {int(p) for p in self.pids.read_text().split()}:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def openGate(self) -> Path:
+        """A FIFO whose both ends the test holds, so a reader just blocks."""
+        gate = self.directory / "gate"
+        os.mkfifo(gate)
+        readEnd = os.open(gate, os.O_RDONLY | os.O_NONBLOCK)
+        writeEnd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, readEnd)
+        self.addCleanup(os.close, writeEnd)
+        return gate
+
+    @defer.inlineCallbacks
+    def startServer(self) -> Any:
+        server = LocalServer({LOGIN: self.token}, reactor=reactor)
+        yield server.start()
+        self.addCleanup(server.stop)
+        return server
+
+    def spawnClient(
+        self, server: LocalServer, **environment: str
+    ) -> tuple[TwistdProcess, Any]:
+        """Start ``twistd yadiskpush --exec`` for ``server``; killed on cleanup."""
+        caFile = server.writeCACertificate(self.directory / "ca.pem")
+        args = [
+            str(TWISTD),
+            *TWISTD_ARGS,
+            "--login",
+            LOGIN,
+            "--token-file",
+            str(self.tokenFile),
+            "--host",
+            "localhost",
+            "--port",
+            str(server.starttlsPort),
+            "--tls-port",
+            str(server.tlsPort),
+            "--ca-file",
+            str(caFile),
+            "--exec",
+            COMMAND,
+            "--state-dir",
+            str(self.stateDir),
+        ]
+        process = TwistdProcess()
+        transport = reactor.spawnProcess(
+            process,
+            str(TWISTD),
+            args,
+            env={**self.environment, **environment},
+            path=str(self.directory),
+        )
+        self.addCleanup(self.reap, process, transport)
+        return process, transport
+
+    def reap(self, process: TwistdProcess, transport: Any) -> defer.Deferred[None]:
+        if not process.ended.called:
+            try:
+                transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+        return process.ended
+
+    def whenOutLines(
+        self, process: TwistdProcess, count: int
+    ) -> defer.Deferred[list[dict[str, Any]]]:
+        """
+        Fire with the JSON objects of the output file once it has ``count``
+        whole lines; fail if the child exits first. Nothing reports a write
+        to the file, so it is checked every few milliseconds (bounded by the
+        test timeout).
+        """
+        done: defer.Deferred[list[dict[str, Any]]] = defer.Deferred()
+
+        def check() -> None:
+            lines = readLines(str(self.out))
+            if len(lines) >= count:
+                loop.stop()
+                done.callback(lines)
+            elif process.ended.called:
+                loop.stop()
+                done.errback(
+                    ChildExited(process.describe(f"{len(lines)} of {count} lines"))
+                )
+
+        loop = task.LoopingCall(check)
+        loop.clock = reactor
+        loop.start(FILE_CHECK_INTERVAL)
+        self.addCleanup(lambda: loop.stop() if loop.running else None)
+        return done
+
+    @defer.inlineCallbacks
+    def test_sigkillDuringARunLosesNoAckedPush(self) -> Steps:
+        """200 pushes acked while a run is in progress, SIGKILL, restart with
+        the same --state-dir: all 200 reach the command (the one in the
+        killed run twice), none is lost."""
+        server = yield self.startServer()
+        gate = self.openGate()
+        first, firstTransport = self.spawnClient(server, GATE=str(gate))
+        yield first.whenLine("Subscribed to Disk pushes")
+
+        answers = yield defer.gatherResults(
+            [
+                server.push(LOGIN, {"type": "disk", "revision": str(n)})
+                for n in range(PUSHES)
+            ]
+        )
+        acked = [a["id"] for a in answers if a["type"] == "result"]
+        self.assertEqual(len(acked), PUSHES, first.text())
+
+        # The first push's run is blocked on the gate: the 199 others were
+        # acknowledged while only the journal had them.
+        yield first.whenLine("Running the command for 1 notification(s)")
+        before = yield self.whenOutLines(first, 1)
+        self.assertEqual(len(before), 1)
+        firstTransport.signalProcess(signal.SIGKILL)
+        yield first.ended
+        self.assertEqual(first.signal, signal.SIGKILL)
+
+        second, secondTransport = self.spawnClient(server)
+        yield second.whenLine(
+            f"Replaying {PUSHES} notification(s) journaled before a restart"
+        )
+        lines = yield self.whenOutLines(second, PUSHES + 1)
+        yield second.whenLine("The command finished after")
+
+        seen = Counter(o["id"] for o in lines)
+        lost = [i for i in acked if i not in seen]
+        duplicated = sorted(i for i, n in seen.items() if n > 1)
+        self.assertEqual(lost, [], f"lost {len(lost)} of {len(acked)} acked pushes")
+        self.assertEqual(duplicated, [acked[0]])
+        self.assertEqual(len(lines), PUSHES + 1)
+        # Replayed in the order they were acknowledged.
+        self.assertEqual([o["id"] for o in lines[1:]], acked)
+
+        # Consumed: a clean stop leaves nothing journaled.
+        secondTransport.signalProcess(signal.SIGTERM)
+        yield second.ended
+        self.assertNotIn("stay journaled", second.text())
+        sinkProblems = [
+            line
+            for line in second.lines
+            if "sinks.execute" in line and ("#error]" in line or "#critical]" in line)
+        ]
+        self.assertEqual(sinkProblems, [], second.text())
