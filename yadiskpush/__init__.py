@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from yadiskpush.errors import (  # noqa: E402
     AuthenticationFailed,
     ConfigurationError,
+    ServiceStopped,
     YaDiskPushError,
 )
 from yadiskpush.handlers.push import PushHandler  # noqa: E402
@@ -27,6 +28,7 @@ __all__ = [
     "PushHandler",
     "PushService",
     "Secret",
+    "ServiceStopped",
     "Settings",
     "YaDiskPushError",
     "__version__",

@@ -83,38 +83,60 @@ class InsecureAuthenticationRefused(YaDiskPushError):
         super().__init__("refusing to authenticate: the connection is not encrypted")
 
 
+#: SASL conditions (RFC 6120 §6.5) for which trying the same token again
+#: cannot help: the service stops. Every other condition
+#: (``temporary-auth-failure``, ``aborted``, …) is retried with backoff.
+FATAL_SASL_CONDITIONS = frozenset(
+    {"not-authorized", "credentials-expired", "account-disabled", "invalid-mechanism"}
+)
+
+
 class AuthenticationFailed(YaDiskPushError):
     """
-    The server rejected the login and OAuth token (SASL ``<failure/>``).
+    The server did not accept the login and OAuth token (SASL ``<failure/>``).
 
-    Fatal: the same token would be rejected again, and retrying a rejected
-    token in a loop can get an account locked.
+    Fatal (:attr:`fatal`) for the conditions in :data:`FATAL_SASL_CONDITIONS`,
+    and when the server gives no condition: the same token would be rejected
+    again, and retrying a rejected token in a loop can get an account locked.
+    Other conditions are the server's own trouble and are retried.
     """
-
-    fatal = True
 
     def __init__(self, login: str, condition: str | None, text: str = "") -> None:
         detail = condition or "no condition given"
         if text:
             detail = f"{detail}: {text}"
-        super().__init__(
-            f"the server rejected the OAuth token for login {login!r} ({detail}); "
-            "get a new OAuth token and check --login"
-        )
         self.login = login
         self.condition = condition
+        self.fatal = condition is None or condition in FATAL_SASL_CONDITIONS
+        if self.fatal:
+            message = (
+                f"the server rejected the OAuth token for login {login!r} ({detail});"
+                " get a new OAuth token and check --login"
+            )
+        else:
+            message = (
+                f"the server could not check the OAuth token for login {login!r} "
+                f"right now ({detail}); trying again later"
+            )
+        super().__init__(message)
 
 
 class StreamErrorReceived(YaDiskPushError):
     """The server ended the stream with a ``<stream:error/>``."""
 
-    def __init__(self, condition: str, text: str | None = None) -> None:
+    def __init__(
+        self, condition: str, text: str | None = None, encrypted: bool = True
+    ) -> None:
         message = f"the server closed the stream with error {condition!r}"
         if text:
             message += f": {text}"
+        if not encrypted:
+            message += " (before TLS, so anyone on the path could have sent it)"
         super().__init__(message)
         self.condition = condition
         self.text = text
+        #: Whether it arrived over TLS; one that did not is never trusted.
+        self.encrypted = encrypted
 
 
 class ProtocolViolation(YaDiskPushError):
@@ -187,3 +209,21 @@ class ConnectionLostError(YaDiskPushError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"the connection was lost ({detail})")
+        self.detail = detail
+
+
+class ServerStoppedReading(YaDiskPushError):
+    """Our outgoing data stayed unsent: the server no longer reads it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the server has not read what the client sent for {seconds:g} s; "
+            "the connection is stuck"
+        )
+
+
+class ServiceStopped(YaDiskPushError):
+    """The service was stopped before what was waited for happened."""
+
+    def __init__(self) -> None:
+        super().__init__("the push service was stopped")

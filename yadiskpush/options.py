@@ -177,7 +177,7 @@ class Options(usage.Options):
             if self["exec"] and not self["demo"]:
                 checkJournal(stateDir / JOURNAL_NAME)
         if self["ca-file"]:
-            from yadiskpush.connection.endpoint import loadTrustRoot
+            from yadiskpush.connection.tls import loadTrustRoot
 
             loadTrustRoot(self["ca-file"])
         path = self["json-out"]

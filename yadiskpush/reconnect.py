@@ -1,104 +1,84 @@
 """
-How long to wait before reconnecting, and when to stop trying.
+How long to wait before reconnecting.
 
-``ClientService`` asks for a delay after every failed or lost connection, but
-resets its own attempt count on every TCP connect, so a server that accepts
-TCP and then fails the handshake would be retried at full speed. This policy
-counts failed *sessions* itself: exponential backoff with jitter, reset only
-after a session stayed healthy for a while, and a floor for errors that a
-fast retry would only repeat (a resource ``conflict`` ping-pong, a
-``policy-violation``).
+The policy counts failed connections itself and resets the count only once
+a session reaches the subscription (RFC 6120 §3.3: a client that connects,
+fails and reconnects at once would hammer the server). Delays grow
+exponentially and are spread by full jitter: a random point of the whole
+window, not a second of noise on top of a fixed value, so that thousands
+of clients dropped at once by a ``system-shutdown`` do not come back in the
+same instant. A floor for a condition (a resource ``conflict``, a
+``system-shutdown``, see :mod:`yadiskpush.failures`) shifts the window; it
+does not collapse it.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
-from twisted.application.internet import backoffPolicy
+from yadiskpush.failures import Action, Decision
 
-from yadiskpush.errors import StreamErrorReceived, YaDiskPushError
-
-# A session that stayed up this long resets the backoff.
-HEALTHY_SESSION_SECONDS = 60.0
-
-# A session that stayed up this long resets the count of conflicts in a row.
-# Longer than the conflict floor, so that two clients taking the resource
-# from each other (each session lasting about that floor) are still counted
-# as a run, while a rare conflict weeks apart never adds up to a stop.
+#: A session that stayed up this long resets the count of conflicts in a
+#: row. Longer than the conflict floor, so that two clients taking the
+#: resource from each other (each session lasting about that floor) are
+#: still counted as a run, while a rare conflict weeks apart never adds up
+#: to a stop.
 CONFLICT_RESET_SECONDS = 600.0
 
-# Minimum delays for stream errors where retrying at once cannot help.
-MINIMUM_DELAY_BY_CONDITION = {
-    # Another client holds our resource; coming straight back would kick it
-    # off, and it would kick us off again.
-    "conflict": 60.0,
-    "policy-violation": 30.0,
-    "system-shutdown": 5.0,
-}
-
-# A redirect is followed at once.
-REDIRECT_DELAY = 0.1
-
-# After this many conflicts in a row, stop instead of fighting the other
-# client for the resource forever.
-MAX_CONSECUTIVE_CONFLICTS = 3
+#: A redirect is followed almost at once (spread over this window).
+REDIRECT_WINDOW = 1.0
 
 
 class ReconnectPolicy:
     """
     Decides the delay before each reconnect.
 
-    Call :meth:`sessionEnded` when a connection ends (with how long its
-    session lasted, if one opened) and :meth:`recordFailure` with the error
-    that ended it; ``ClientService`` then calls the policy for the delay.
+    Call :meth:`subscribed` when a session reaches the subscription,
+    :meth:`sessionEnded` when a connection ends (with how long its session
+    lasted, if one opened), and :meth:`delayAfter` with the decision about
+    the failure for the delay before the next attempt.
+
+    :param initialDelay: the window after the first failure, in seconds.
+    :param maxDelay: the largest window.
+    :param random: returns a float in [0, 1); injectable for tests.
+    :ivar failures: failed connections since the last subscription.
+    :ivar consecutiveConflicts: resource conflicts in a row.
     """
 
     def __init__(
         self,
         initialDelay: float = 1.0,
         maxDelay: float = 300.0,
-        backoff: Callable[[int], float] | None = None,
+        random: Callable[[], float] = random.random,
     ) -> None:
-        self._backoff = backoff or backoffPolicy(
-            initialDelay=initialDelay, maxDelay=maxDelay, factor=2.0
-        )
+        self.initialDelay = initialDelay
+        self.maxDelay = maxDelay
+        self.random = random
         self.failures = 0
         self.consecutiveConflicts = 0
-        self._floor = 0.0
-        self._redirected = False
+
+    def subscribed(self) -> None:
+        """A session reached the subscription: the backoff starts over."""
+        self.failures = 0
 
     def sessionEnded(self, lasted: float | None) -> None:
         """A connection ended; ``lasted`` is its session's age, or ``None``."""
-        if lasted is not None and lasted >= HEALTHY_SESSION_SECONDS:
-            self.failures = 0
         if lasted is not None and lasted >= CONFLICT_RESET_SECONDS:
             self.consecutiveConflicts = 0
 
-    def recordFailure(self, reason: YaDiskPushError) -> None:
-        """Note the error that ended the attempt, for the next delay."""
-        condition = getattr(reason, "condition", None)
-        if isinstance(reason, StreamErrorReceived):
-            self._floor = MINIMUM_DELAY_BY_CONDITION.get(condition or "", 0.0)
-            if condition == "conflict":
-                self.consecutiveConflicts += 1
-            else:
-                self.consecutiveConflicts = 0
+    def window(self, failures: int) -> float:
+        """The backoff window after ``failures`` failures in a row."""
+        return min(self.maxDelay, self.initialDelay * 2.0 ** max(0, failures - 1))
 
-    def recordRedirect(self) -> None:
-        """The server sent ``see-other-host``: go there without waiting."""
-        self._redirected = True
-
-    @property
-    def conflictsExhausted(self) -> bool:
-        return self.consecutiveConflicts >= MAX_CONSECUTIVE_CONFLICTS
-
-    def __call__(self, attempt: int) -> float:
-        """The delay before the next attempt (``attempt`` is ignored)."""
-        if self._redirected:
-            self._redirected = False
-            self._floor = 0.0
-            return REDIRECT_DELAY
+    def delayAfter(self, decision: Decision) -> float:
+        """The delay before the next attempt, in seconds."""
+        if decision.conflict:
+            self.consecutiveConflicts += 1
+        else:
+            self.consecutiveConflicts = 0
+        if decision.action is Action.REDIRECT:
+            return self.random() * REDIRECT_WINDOW
         self.failures += 1
-        delay = max(self._backoff(self.failures), self._floor)
-        self._floor = 0.0
-        return delay
+        window = max(self.window(self.failures), decision.floor)
+        return decision.floor + self.random() * window

@@ -2,79 +2,85 @@
 The public service: one account's push connection, from start to clean stop.
 
 :class:`PushService` is what an application adds to its ``Application`` or
-``MultiService`` (the twistd plugin does exactly that). Inside, Twisted's
-``ClientService`` owns the connection and its reconnects, behind the
-STARTTLS/direct-TLS :class:`~yadiskpush.connection.endpoint.FallbackEndpoint`; wokkel's
+``MultiService`` (the twistd plugin does exactly that). It runs the
+connection loop itself: the :class:`~yadiskpush.connection.endpoint.Dialer`
+plans each connection's attempts, every attempt's stream gets its own
+authenticator, and when a connection ends, its one outcome goes to
+:func:`yadiskpush.failures.decide`, whose decision (give up, retry after a
+delay, follow a redirect, prefer the TLS port) is applied here. wokkel's
 ``StreamManager`` routes stanzas to the handlers.
+
+Twisted's ``ClientService`` is not used: it resets its attempt count on every
+TCP connect, reconnects when stopped from inside a failure callback, and
+hides which attempt a connection belongs to.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.application import service
-from twisted.application.internet import ClientService
 from twisted.internet import defer, task
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import (
-    FilteringLogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogPublisher,
-)
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from wokkel.generic import FallbackHandler
 from wokkel.subprotocols import StreamManager, XMPPHandler
 
-from yadiskpush.connection.authenticator import YandexAuthenticator, makeClientFactory
+from yadiskpush.connection.authenticator import PushXmlStreamFactory
 from yadiskpush.connection.compression import (
     COMPRESSION_REFUSED_EVENT,
     COMPRESSION_STARTED_EVENT,
 )
-from yadiskpush.connection.endpoint import FallbackEndpoint, tlsOptionsFor
-from yadiskpush.connection.sasl import oauthPayload
-from yadiskpush.connection.stream import PushXmlStream, redactTraffic
+from yadiskpush.connection.context import ConnectionContext
+from yadiskpush.connection.endpoint import Dialer
+from yadiskpush.connection.stream import PushXmlStream, redactTraffic, secretForms
+from yadiskpush.delivery.pipeline import fanOut
 from yadiskpush.errors import (
+    AuthenticationFailed,
     ConfigurationError,
     ConnectionLostError,
-    StartTLSNotOffered,
-    StreamErrorReceived,
+    ServiceStopped,
     YaDiskPushError,
 )
-from yadiskpush.failures import describeSSLError
+from yadiskpush.failures import Action, Decision, decide
 from yadiskpush.handlers.keepalive import KeepaliveHandler
 from yadiskpush.handlers.ping import PingHandler
 from yadiskpush.handlers.push import PushHandler
-from yadiskpush.handlers.subscription import SubscriptionHandler
+from yadiskpush.handlers.subscription import SUBSCRIBED_EVENT, SubscriptionHandler
 from yadiskpush.handlers.version import VersionHandler
+from yadiskpush.handlers.writestall import WriteStallHandler
 from yadiskpush.notification import Notification
 from yadiskpush.reconnect import ReconnectPolicy
+from yadiskpush.secret import Secret
 from yadiskpush.settings import Settings
 
 NotificationObserver = Callable[[Notification], "defer.Deferred[Any] | None"]
 
 
-class _QuietClientService(ClientService):
-    """
-    ``ClientService`` logs "Scheduling retry N to connect <endpoint>" at info
-    level, with its own attempt count (reset on every TCP connect) that
-    contradicts ours; :meth:`PushService._retryDelay` says it better. Only
-    its warnings and errors get through.
-    """
+class _Waiters:
+    """Deferreds waiting for one kind of event; each fires once."""
 
-    _log = Logger(
-        namespace="yadiskpush.clientservice",
-        observer=FilteringLogObserver(
-            globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]
-        ),
-    )
+    def __init__(self) -> None:
+        self._waiting: list[defer.Deferred[Any]] = []
+
+    def add(self) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def fire(self, result: Any) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(result)
+
+    def fail(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(error)
 
 
 class PushService(service.Service):
@@ -85,79 +91,98 @@ class PushService(service.Service):
     Receive notifications either by :meth:`addNotificationObserver` or by
     overriding :meth:`notificationReceived`. A push is acknowledged to the
     server only after the observers have taken it (a returned Deferred is
-    waited for), one notification at a time, in order.
+    waited for, up to ``settings.deliveryTimeout``), one notification at a
+    time, in order; a failure refuses it, and the server sends it again.
 
     Failures are logged as one line each. A rejected token is fatal: the
-    service stops connecting and :meth:`whenGaveUp` fires. Anything else
-    (network, TLS, stream errors, a dead link) leads to a reconnect with
-    exponential backoff and jitter.
+    service stops connecting and :meth:`whenGaveUp` fires; starting the
+    service again tries only a token that differs from the rejected one.
+    Anything else (network, TLS, stream errors, a dead link) leads to a
+    reconnect with exponential backoff and full jitter.
 
     :param settings: the account and connection settings.
-    :param reactor: the reactor (and clock) to use; the global one if omitted.
+    :param reactor: the reactor (and clock); the global one if omitted.
+        Ignored when ``context`` is given.
+    :param context: what this service shares with others (reactor, TLS
+        contexts, endpoint factory); a new one if omitted.
+    :param reconnectPolicy: the delay before each reconnect.
     :raises yadiskpush.errors.ConfigurationError: if the CA file is unusable.
     """
 
-    def __init__(self, settings: Settings, reactor: Any = None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any = None,
+        *,
+        context: ConnectionContext | None = None,
+        reconnectPolicy: ReconnectPolicy | None = None,
+    ) -> None:
+        if context is None:
+            if reactor is None:
+                from twisted.internet import reactor as globalReactor
 
-            reactor = globalReactor
+                reactor = globalReactor
+            context = ConnectionContext(reactor)
         from yadiskpush import __version__
 
         self.settings = settings
-        self.reactor = reactor
+        self.context = context
+        self.reactor = context.reactor
+        self.reconnectPolicy = reconnectPolicy or ReconnectPolicy()
         self.log = Logger(namespace=f"yadiskpush.account.{settings.login}")
         self.setName(f"yadiskpush-{settings.login}")
-        self._observers: list[NotificationObserver] = []
-        self._readyWaiters: list[defer.Deferred[JID]] = []
-        self._failureWaiters: list[defer.Deferred[YaDiskPushError]] = []
-        self._gaveUpWaiters: list[defer.Deferred[YaDiskPushError]] = []
-        self._closedWaiters: list[defer.Deferred[None]] = []
         self.gaveUp: YaDiskPushError | None = None
         self.ready = False
+        self._observers: list[NotificationObserver] = []
+        self._readyWaiters = _Waiters()
+        self._failureWaiters = _Waiters()
+        self._gaveUpWaiters = _Waiters()
+        self._closedWaiters = _Waiters()
         self._stopping = False
+        self._stream: PushXmlStream | None = None
+        self._jid: JID | None = None
         self._sessionStartedAt: float | None = None
-        self.reconnectPolicy = ReconnectPolicy()
+        self._nextConnect: IDelayedCall | None = None
+        self._dialling: defer.Deferred[Any] | None = None
+        self._token = settings.token
+        self._tokenWarningsShown: set[str] = set()
+        self._rejectedToken: Secret | None = None
 
-        tlsOptions = tlsOptionsFor(settings)
-        self.authenticator = YandexAuthenticator(
-            settings, tlsOptions, reactor, log=self.log
+        # Fails now, with a clear message, if the CA file is unusable.
+        context.tlsContexts.contextFor(settings.caFile)
+        self.dialer = Dialer(
+            self.reactor,
+            settings,
+            context.tlsContexts,
+            context.endpointFactory,
+            log=self.log,
         )
-        self.authenticator.onFailure = self._attemptFailed
-        self.factory = makeClientFactory(self.authenticator)
+        self.factory = PushXmlStreamFactory(settings, self.reactor, log=self.log)
         self.factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, self._connected)
         self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._sessionOpened)
-        self.factory.addBootstrap(xmlstream.STREAM_END_EVENT, self._disconnected)
-        self.streamManager = StreamManager(self.factory, reactor)
-
+        self.factory.addBootstrap(SUBSCRIBED_EVENT, self._subscribed)
+        self.streamManager = StreamManager(self.factory, self.reactor)
         for handler in (
             VersionHandler("yadiskpush", __version__, log=self.log),
             PingHandler(log=self.log),
-            SubscriptionHandler(
-                lambda: self.authenticator.jid.userhost(),
-                self._subscribed,
-                self._sessionBroken,
-                reactor,
+            SubscriptionHandler(log=self.log),
+            PushHandler(
+                self.notificationReceived,
+                clock=self.reactor,
                 log=self.log,
+                deliveryTimeout=settings.deliveryTimeout,
             ),
-            PushHandler(self.notificationReceived, clock=reactor, log=self.log),
             KeepaliveHandler(
                 lambda: self.settings.domain,
-                self._sessionBroken,
-                reactor,
+                self.reactor,
                 settings.idleTimeout,
                 settings.pingTimeout,
                 log=self.log,
             ),
+            WriteStallHandler(self.reactor, settings.pingTimeout, log=self.log),
             FallbackHandler(),
         ):
             handler.setHandlerParent(self.streamManager)
-
-        self.endpoint = FallbackEndpoint(reactor, settings, tlsOptions, log=self.log)
-        self.endpoint.onConnectFailed = self._attemptFailed
-        self.clientService = _QuietClientService(
-            self.endpoint, self.factory, retryPolicy=self._retryDelay, clock=reactor
-        )
 
     # -- public API -------------------------------------------------------
 
@@ -172,101 +197,191 @@ class PushService(service.Service):
         """Add a wokkel handler of your own to this connection's stream."""
         handler.setHandlerParent(self.streamManager)
 
-    def notificationReceived(self, notification: Notification) -> defer.Deferred[Any]:
+    def notificationReceived(self, notification: Notification) -> Any:
         """
         Hand one notification to every observer; the push is acknowledged
-        when the returned Deferred fires, and refused if it fails.
-        Override to receive notifications in a subclass.
+        when the result (``None``, or a Deferred once it fires) says all
+        took it, and refused if one failed. Override to receive
+        notifications in a subclass.
         """
-        results = [defer.maybeDeferred(o, notification) for o in list(self._observers)]
         if not self._observers:
             self.log.info("{summary}", summary=notification.summary())
-        return defer.gatherResults(results, consumeErrors=True)
+            return None
+        return fanOut(list(self._observers), notification)
 
     @property
     def jid(self) -> JID:
         """The JID of the current session (the one the server assigned)."""
-        return self.authenticator.jid
+        if self._stream is not None:
+            return self._stream.authenticator.jid
+        if self._jid is not None:
+            return self._jid
+        s = self.settings
+        return JID(tuple=(s.login, s.domain, s.resource))
+
+    @property
+    def retrying(self) -> bool:
+        """Whether the service is connected or will connect again."""
+        return self.running and self.gaveUp is None and not self._stopping
 
     def whenReady(self) -> defer.Deferred[JID]:
-        """Fire with the JID once a session is open and subscribed (now, if so)."""
+        """
+        Fire with the JID once a session is open and subscribed (now, if
+        so). Fails with the error if the service gives up, and with
+        :class:`~yadiskpush.errors.ServiceStopped` if it is stopped first.
+        """
         if self.ready:
             return defer.succeed(self.jid)
-        d: defer.Deferred[JID] = defer.Deferred()
-        self._readyWaiters.append(d)
-        return d
+        if self.gaveUp is not None:
+            return defer.fail(self.gaveUp)
+        return self._readyWaiters.add()
 
     def whenConnectionFailed(self) -> defer.Deferred[YaDiskPushError]:
-        """Fire with the error that ends the next failed attempt or session."""
-        d: defer.Deferred[YaDiskPushError] = defer.Deferred()
-        self._failureWaiters.append(d)
-        return d
+        """
+        Fire with the error that ends the next failed attempt or session.
+        Fails with :class:`~yadiskpush.errors.ServiceStopped` if the service
+        is stopped first.
+        """
+        return self._failureWaiters.add()
 
     def whenGaveUp(self) -> defer.Deferred[YaDiskPushError]:
-        """Fire with the fatal error once the service stops trying for good."""
+        """
+        Fire with the fatal error once the service stops trying for good.
+        Fails with :class:`~yadiskpush.errors.ServiceStopped` if the service
+        is stopped first.
+        """
         if self.gaveUp is not None:
             return defer.succeed(self.gaveUp)
-        d: defer.Deferred[YaDiskPushError] = defer.Deferred()
-        self._gaveUpWaiters.append(d)
-        return d
+        return self._gaveUpWaiters.add()
 
     def startService(self) -> None:
         service.Service.startService(self)
         self._stopping = False
+        if self.gaveUp is not None:
+            rejected = self._rejectedToken
+            if rejected is not None and self._readToken() == rejected:
+                self.log.error(
+                    "Not connecting: the server rejected this OAuth token before; "
+                    "put a new token in place and start again"
+                )
+                return
+            self.gaveUp = None
         self.log.info(
             "Starting push client for {login} ({host}, XMPP domain {domain})",
             login=self.settings.login,
             host=self.settings.host,
             domain=self.settings.domain,
         )
-        self.clientService.startService()
+        self._connectLater(0)
 
     def stopService(self) -> defer.Deferred[None]:
         """
         Close cleanly: send ``</stream:stream>``, wait up to ``closeTimeout``
-        for the server to close, then drop the connection and stop.
+        for the server to close, then drop the connection. Waiters still
+        waiting fail with :class:`~yadiskpush.errors.ServiceStopped`.
         """
         service.Service.stopService(self)
         self._stopping = True
+        self._cancelNextConnect()
+        if self._dialling is not None:
+            self._dialling.cancel()
+        stopped = ServiceStopped()
+        self._readyWaiters.fail(stopped)
+        self._failureWaiters.fail(stopped)
+        self._gaveUpWaiters.fail(stopped)
         d = self._closeStream()
-        d.addCallback(lambda _: self.clientService.stopService())
-        # ClientService fires that from inside a transition of its state
-        # machine, which is not reentrant: a caller stopping it again from
-        # our Deferred's callbacks would get a RuntimeError. Fire one
-        # reactor turn later, once the machine has settled.
+        # Fire one reactor turn later: callers may stop other services from
+        # our callbacks, and the stream's own teardown is still running.
         d.addCallback(lambda _: task.deferLater(self.reactor, 0, lambda: None))
         d.addCallback(lambda _: self.log.info("Push client stopped"))
         return d
 
-    # -- connection life cycle -------------------------------------------
+    def tokenChanged(self) -> bool:
+        """
+        Re-read the token file (on SIGHUP, say); if the service gave up on a
+        rejected token and the file now holds another, start again.
 
-    def _closeStream(self) -> defer.Deferred[None]:
-        xs: PushXmlStream | None = self.streamManager.xmlstream
-        if xs is None or xs.transport is None:
-            return defer.succeed(None)
-        self.log.info("Closing the stream")
-        closed: defer.Deferred[None] = defer.Deferred()
-        self._closedWaiters.append(closed)
-        transport = xs.transport
-        xs.sendFooter()
-        timer: IDelayedCall = self.reactor.callLater(
-            self.settings.closeTimeout, _abort, transport
-        )
+        :returns: whether the service was restarted.
+        """
+        token = self._readToken()
+        if (
+            self.running
+            and self.gaveUp is not None
+            and self._rejectedToken is not None
+            and token != self._rejectedToken
+        ):
+            self.log.info("The token changed; connecting again")
+            self.gaveUp = None
+            self._connectLater(0)
+            return True
+        return False
 
-        def cancelTimer(result: None) -> None:
-            if timer.active():
-                timer.cancel()
+    # -- the connection loop ------------------------------------------------
 
-        closed.addCallback(cancelTimer)
-        return closed
+    def _readToken(self) -> Secret:
+        """The token for the next attempt: the file's, re-read each time."""
+        path = self.settings.tokenFile
+        if path is None:
+            return self._token
+        try:
+            token, warnings = Secret.fromFile(path)
+        except ConfigurationError as e:
+            self.log.warn("{problem}; using the token read before", problem=e.message)
+            return self._token
+        for warning in warnings:
+            if warning not in self._tokenWarningsShown:
+                self._tokenWarningsShown.add(warning)
+                self.log.warn("{warning}", warning=warning)
+        self._token = token
+        return token
+
+    def _connectLater(self, delay: float) -> None:
+        self._cancelNextConnect()
+        self._nextConnect = self.reactor.callLater(delay, self._connect)
+
+    def _cancelNextConnect(self) -> None:
+        if self._nextConnect is not None and self._nextConnect.active():
+            self._nextConnect.cancel()
+        self._nextConnect = None
+
+    def _connect(self) -> None:
+        self._nextConnect = None
+        if not self.retrying:
+            return
+        token = self._readToken()
+        if token == self._rejectedToken:
+            self._giveUp(
+                AuthenticationFailed(
+                    self.settings.login,
+                    "not-authorized",
+                    "this token was rejected before; put a new one in place",
+                )
+            )
+            return
+        attempts = self.dialer.plan(token)
+        self._dialling = d = self.dialer.connect(attempts, self.factory.buildStream)
+        d.addCallbacks(self._dialled, self._dialFailed)
+
+    def _dialled(self, xs: PushXmlStream) -> None:
+        self._dialling = None
+
+    def _dialFailed(self, reason: Failure) -> None:
+        self._dialling = None
+        if reason.check(defer.CancelledError):
+            return
+        error = reason.value
+        if not isinstance(error, YaDiskPushError):
+            error = YaDiskPushError(f"cannot connect: {error}")
+        self._apply(decide(error, None))
 
     def _connected(self, xs: PushXmlStream) -> None:
         self.ready = False
-        # The host actually dialled (a see-other-host redirect may differ).
-        self.authenticator.host = self.endpoint.connectedHost
-        self.authenticator.tlsOptions = self.endpoint.connectedTLSOptions
+        self._stream = xs
+        xs.addObserver(
+            xmlstream.STREAM_END_EVENT, lambda reason: self._connectionEnded(xs, reason)
+        )
         if self.settings.logTraffic:
-            secrets = _secretForms(self.settings)
+            secrets = secretForms(self.settings.login, xs.authenticator.token)
 
             def logIn(data: bytes) -> None:
                 self.log.debug("RECV {data}", data=redactTraffic(data, secrets))
@@ -289,149 +404,108 @@ class PushService(service.Service):
 
     def _sessionOpened(self, xs: PushXmlStream) -> None:
         self._sessionStartedAt = self.reactor.seconds()
-        self.log.info("Session open as {jid}", jid=self.jid.full())
+        self._jid = xs.authenticator.jid
+        self.log.info("Session open as {jid}", jid=self._jid.full())
 
-    def _subscribed(self) -> None:
+    def _subscribed(self, xs: PushXmlStream) -> None:
+        if xs is not self._stream:
+            return
         self.ready = True
-        waiters, self._readyWaiters = self._readyWaiters, []
-        for d in waiters:
-            d.callback(self.jid)
+        self.reconnectPolicy.subscribed()
+        self._readyWaiters.fire(self.jid)
 
-    def _sessionBroken(self, reason: YaDiskPushError) -> None:
-        """An open session cannot go on (no subscription, dead link)."""
-        self.authenticator.fail(reason)
-        xs = self.streamManager.xmlstream
-        if xs is not None and xs.transport is not None:
-            _abort(xs.transport)
-
-    def _attemptFailed(self, reason: YaDiskPushError) -> None:
-        # Not ready from here on, so a whenReady() called by a failure waiter
-        # waits for the next session.
-        self.ready = False
-        if isinstance(reason, StartTLSNotOffered) and self.settings.tlsPort:
-            self.endpoint.preferDirectTLS = True
-        self.reconnectPolicy.recordFailure(reason)
-        if isinstance(reason, StreamErrorReceived):
-            reason = self._streamErrorTreatment(reason)
-        # Not "message": the legacy log bridge overwrites a field of that
-        # name with () in the shared event, for every observer after it.
-        if reason.fatal:
-            self.log.error("{problem}", problem=reason.message)
-            self._giveUp(reason)
-        elif not self._stopping:
-            self.log.warn("{problem}", problem=reason.message)
-        waiters, self._failureWaiters = self._failureWaiters, []
-        for d in waiters:
-            d.callback(reason)
-
-    def _streamErrorTreatment(self, reason: StreamErrorReceived) -> YaDiskPushError:
-        """
-        The right response to each stream error (see the troubleshooting
-        page): some are fatal, one is a redirect, the rest reconnect later.
-        """
-        condition = reason.condition
-        if condition == "conflict":
-            if self.reconnectPolicy.conflictsExhausted:
-                return ConfigurationError(
-                    "another client keeps taking over the resource "
-                    f"{self.settings.resource!r} of this login; stopping so the two "
-                    "do not fight over it (give each client its own --resource)"
-                )
-            return StreamErrorReceived(
-                condition,
-                "another client connected with the same resource "
-                f"{self.settings.resource!r}; reconnecting in a minute",
-            )
-        if condition == "see-other-host":
-            target = self.authenticator.redirectTarget
-            if target:
-                host, port = _splitHostPort(target, self.settings.port)
-                self.endpoint.redirect(
-                    host, port, tlsOptionsFor(self.settings, host=host)
-                )
-                self.reconnectPolicy.recordRedirect()
-                return StreamErrorReceived(
-                    condition, f"the server redirects to {host}:{port}"
-                )
-        if condition in ("host-unknown", "host-gone"):
-            return ConfigurationError(
-                f"the server does not serve the XMPP domain {self.settings.domain!r}"
-                f" ({condition}); check --domain"
-            )
-        if condition == "system-shutdown":
-            return StreamErrorReceived(
-                condition, "the server is shutting down; reconnecting"
-            )
-        return reason
-
-    def _disconnected(self, reason: Failure) -> None:
+    def _connectionEnded(self, xs: PushXmlStream, reason: Failure) -> None:
         wasReady = self.ready
         self.ready = False
+        if xs is self._stream:
+            self._stream = None
         startedAt, self._sessionStartedAt = self._sessionStartedAt, None
         self.reconnectPolicy.sessionEnded(
             None if startedAt is None else self.reactor.seconds() - startedAt
         )
-        waiters, self._closedWaiters = self._closedWaiters, []
-        for d in waiters:
-            d.callback(None)
-        if self._stopping or self.gaveUp is not None:
+        self._closedWaiters.fire(None)
+        if not self.retrying:
             return
-        if startedAt is not None and self.authenticator.failureReason is None:
-            self._attemptFailed(ConnectionLostError(_lossDetail(reason, wasReady)))
+        authenticator = xs.authenticator
+        error = authenticator.outcome(reason)
+        if isinstance(error, ConnectionLostError) and not wasReady:
+            error = ConnectionLostError(
+                error.detail + ", before the subscription was answered"
+            )
+        self._apply(
+            decide(
+                error,
+                authenticator.attempt,
+                redirectTarget=authenticator.redirectTarget,
+                consecutiveConflicts=self.reconnectPolicy.consecutiveConflicts,
+                resource=self.settings.resource,
+                domain=self.settings.domain,
+                port=self.settings.port,
+            ),
+            authenticator.attempt.token,
+        )
+
+    def _apply(self, decision: Decision, token: Secret | None = None) -> None:
+        """Carry out what :func:`~yadiskpush.failures.decide` said."""
+        self.ready = False
+        error = decision.error
+        if decision.preferDirectTLS and self.settings.tlsPort:
+            self.dialer.preferDirectTLS = True
+        # Not "message": the legacy log bridge overwrites a field of that
+        # name with () in the shared event, for every observer after it.
+        if decision.action is Action.GIVE_UP:
+            if isinstance(error, AuthenticationFailed):
+                self._rejectedToken = token
+            self.log.error("{problem}", problem=error.message)
+        else:
+            self.log.warn("{problem}", problem=error.message)
+        self._failureWaiters.fire(error)
+        if decision.action is Action.GIVE_UP:
+            self._giveUp(error)
+            return
+        if not self.retrying:
+            # Stopped (or given up) by a failure waiter.
+            return
+        if decision.action is Action.REDIRECT:
+            assert decision.redirectTo is not None
+            self.dialer.redirect(*decision.redirectTo)
+        delay = self.reconnectPolicy.delayAfter(decision)
+        self.log.info(
+            "Reconnecting in {delay:.1f} s (attempt {attempt})",
+            delay=delay,
+            attempt=self.reconnectPolicy.failures,
+        )
+        self._connectLater(delay)
 
     def _giveUp(self, reason: YaDiskPushError) -> None:
         if self.gaveUp is not None:
             return
         self.gaveUp = reason
+        self._cancelNextConnect()
         self.log.error("Giving up; the client will not reconnect")
-        self.clientService.stopService()
-        waiters, self._gaveUpWaiters = self._gaveUpWaiters, []
-        for d in waiters:
-            d.callback(reason)
+        self._readyWaiters.fail(reason)
+        self._gaveUpWaiters.fire(reason)
 
-    def _retryDelay(self, attempt: int) -> float:
-        # ClientService's own count resets on every TCP connect; the policy
-        # counts failed sessions (see yadiskpush.reconnect).
-        delay = self.reconnectPolicy(attempt)
-        if not self._stopping and self.gaveUp is None:
-            self.log.info(
-                "Reconnecting in {delay:.1f} s (attempt {attempt})",
-                delay=delay,
-                attempt=self.reconnectPolicy.failures,
-            )
-        return delay
+    def _closeStream(self) -> defer.Deferred[None]:
+        xs = self._stream
+        if xs is None or xs.transport is None:
+            return defer.succeed(None)
+        self.log.info("Closing the stream")
+        closed = self._closedWaiters.add()
+        transport = xs.transport
+        xs.sendFooter()
+        timer: IDelayedCall = self.reactor.callLater(
+            self.settings.closeTimeout, _abort, transport
+        )
 
+        def cancelTimer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
 
-def _splitHostPort(target: str, defaultPort: int) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` from a see-other-host."""
-    if target.startswith("["):
-        host, _, rest = target[1:].partition("]")
-        port = rest.lstrip(":")
-    elif target.count(":") == 1:
-        host, _, port = target.partition(":")
-    else:
-        host, port = target, ""
-    return host, int(port) if port.isdigit() else defaultPort
-
-
-def _lossDetail(reason: Failure, subscribed: bool) -> str:
-    if reason.check(ConnectionDone):
-        detail = "the server closed the connection"
-    elif reason.check(SSL.Error):
-        # Not OpenSSL's list of tuples: its reasons, readable.
-        detail = "TLS error: " + describeSSLError(reason.value)
-    else:
-        detail = str(reason.value) or type(reason.value).__name__
-    return detail if subscribed else detail + ", before the subscription was answered"
+        closed.addCallback(cancelTimer)
+        return closed
 
 
 def _abort(transport: Any) -> None:
     abort = getattr(transport, "abortConnection", None)
     (abort or transport.loseConnection)()
-
-
-def _secretForms(settings: Settings) -> list[bytes]:
-    """The token as it could appear on the wire: plain and in the SASL payload."""
-    token = settings.token.reveal().encode("utf-8")
-    payload = oauthPayload(settings.login, settings.token)
-    return [token, base64.b64encode(payload), base64.b64encode(token)]

@@ -38,6 +38,9 @@ class Settings:
 
     :ivar login: Yandex login without a domain (``test``, not ``test@ya.ru``).
     :ivar token: the OAuth token, as a :class:`~yadiskpush.secret.Secret`.
+    :ivar tokenFile: a file to read the token from again at every connection
+        attempt (token rotation without a restart); ``token`` is used while
+        the file cannot be read.
     :ivar host: the host dialled; the TLS certificate is checked against it.
     :ivar port: the STARTTLS port.
     :ivar tlsPort: the port where TLS starts with the first byte, tried when
@@ -56,11 +59,15 @@ class Settings:
     :ivar idleTimeout: seconds of silence from the server before the client
         pings it to check that the link is alive.
     :ivar pingTimeout: seconds to wait for that ping's answer before
-        dropping the connection and reconnecting.
+        dropping the connection and reconnecting; also how long the server
+        may leave the client's outgoing data unread.
+    :ivar deliveryTimeout: seconds the sinks may take to take one push
+        before it is refused (the server sends it again).
     """
 
     login: str
     token: Secret
+    tokenFile: str | None = None
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     tlsPort: int = DEFAULT_TLS_PORT
@@ -75,6 +82,7 @@ class Settings:
     logTraffic: bool = False
     idleTimeout: float = 90.0
     pingTimeout: float = 20.0
+    deliveryTimeout: float = 60.0
 
     def __post_init__(self) -> None:
         if (

@@ -27,7 +27,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, task, threads
 
-from yadiskpush import Notification, PushService, Secret, Settings
+from yadiskpush import Notification, PushService, Secret, ServiceStopped, Settings
 
 #: ``LOGIN=TOKEN_FILE`` pairs, separated by spaces.
 ACCOUNTS_VARIABLE = "DISK_ACCOUNTS"
@@ -81,11 +81,13 @@ def makeServices(
             return onNotification(login, notification)
 
         push.addNotificationObserver(observer)
-        # A rejected token stops that account only; the others go on.
-        push.whenGaveUp().addCallback(
+        # A rejected token stops that account only; the others go on. On a
+        # normal stop the Deferred fails with ServiceStopped instead.
+        push.whenGaveUp().addCallbacks(
             lambda error, login=settings.login: print(
                 f"{login}: gave up: {error}", file=sys.stderr
-            )
+            ),
+            lambda stopped: stopped.trap(ServiceStopped),
         )
         push.setServiceParent(services)
     return services

@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from yadiskpush.failures import Decision
 from yadiskpush.localserver import LocalServer
 from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.secret import Secret
@@ -95,9 +96,8 @@ class LocalServerTestCase(TestCase):
         Like :meth:`startClient`, with a :class:`CompressedTimePolicy` (and
         ``observer`` for notifications): for tests that reconnect many times.
         """
-        service = PushService(settings, reactor=reactor)
         policy = CompressedTimePolicy()
-        service.reconnectPolicy = policy
+        service = PushService(settings, reactor=reactor, reconnectPolicy=policy)
         if observer is not None:
             service.addNotificationObserver(observer)
         service.startService()
@@ -119,19 +119,20 @@ TIME_SCALE = 100.0
 class CompressedTimePolicy(ReconnectPolicy):
     """
     The service's real reconnect policy (floors per stream error, redirects,
-    the conflict count) with a flat 1 s backoff, whose waits all pass
-    :data:`TIME_SCALE` times faster. Tests assert the delay the policy asked
-    for (``requested``) instead of waiting a minute for it.
+    the conflict count) with the jitter fixed at the start of each window,
+    so that a delay is exactly its floor (0 when there is none), and every
+    wait passes :data:`TIME_SCALE` times faster. Tests assert the delay the
+    policy asked for (``requested``) instead of waiting a minute for it.
 
     :ivar requested: every delay the policy decided on, in seconds, in order.
     """
 
     def __init__(self) -> None:
-        super().__init__(backoff=lambda failures: 1.0)
+        super().__init__(initialDelay=1.0, maxDelay=1.0, random=lambda: 0.0)
         self.requested: list[float] = []
 
-    def __call__(self, attempt: int) -> float:
-        delay = super().__call__(attempt)
+    def delayAfter(self, decision: Decision) -> float:
+        delay = super().delayAfter(decision)
         self.requested.append(delay)
         return delay / TIME_SCALE
 

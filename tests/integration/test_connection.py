@@ -66,7 +66,7 @@ class SequenceTests(LocalServerTestCase):
         session = yield self.assertFullSequence(server, service)
         self.assertEqual(session.port, STARTTLS_PORT)
         self.assertFalse(session.compressed)
-        self.assertEqual(service.endpoint.lastMode, STARTTLS)
+        self.assertEqual(service.dialer.lastMode, STARTTLS)
         yield service.stopService()
         yield session.whenClosed()
         self.assertTrue(session.clientClosed)
@@ -113,7 +113,7 @@ class SequenceTests(LocalServerTestCase):
         session = yield self.assertFullSequence(server, service)
         self.assertEqual(session.port, TLS_PORT)
         self.assertEqual(server.eventsOf("starttls"), [])
-        self.assertEqual(service.endpoint.lastMode, DIRECT_TLS)
+        self.assertEqual(service.dialer.lastMode, DIRECT_TLS)
         yield service.stopService()
         yield session.whenClosed()
         self.assertTrue(session.clientClosed)
@@ -154,7 +154,7 @@ class FailureTests(LocalServerTestCase):
         yield session.whenClosed()
         self.assertEqual(len(server.eventsOf("auth")), 1)
         self.assertEqual(len(server.sessions), 1)
-        self.assertFalse(service.clientService.running)
+        self.assertFalse(service.retrying)
 
     @defer.inlineCallbacks
     def test_noStartTLSOffered(self) -> None:

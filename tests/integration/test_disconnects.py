@@ -137,7 +137,7 @@ class StopTests(DisconnectTestCase):
         yield service.stopService().addCallback(lambda _: service.stopService())
         yield session.whenClosed()
         self.assertTrue(session.clientClosed)
-        self.assertFalse(service.clientService.running)
+        self.assertFalse(service.retrying)
         self.assertEqual(len(server.sessions), 1)
 
 
@@ -220,7 +220,7 @@ class RestartTests(DisconnectTestCase):
         after = yield self.pushAcked(restarted)
         self.assertEqual([n.stanzaId for n in received], [before, after])
         self.assertEqual(len(restarted.sessions), 1)
-        self.assertEqual(service.endpoint.lastMode, STARTTLS)
+        self.assertEqual(service.dialer.lastMode, STARTTLS)
 
     @defer.inlineCallbacks
     def test_startTLSPortGoneFallsBack(self) -> Steps:
@@ -233,7 +233,7 @@ class RestartTests(DisconnectTestCase):
         )
         first = yield self.readySession(server, service)
         self.assertEqual(first.port, STARTTLS_PORT)
-        self.assertEqual(service.endpoint.lastMode, STARTTLS)
+        self.assertEqual(service.dialer.lastMode, STARTTLS)
         lost = service.whenConnectionFailed()
         yield server.stop()
         yield lost
@@ -242,8 +242,8 @@ class RestartTests(DisconnectTestCase):
         self.assertNotEqual(restarted.starttlsPort, server.starttlsPort)
         session = yield self.readySession(restarted, service)
         self.assertEqual(session.port, TLS_PORT)
-        self.assertEqual(service.endpoint.lastMode, DIRECT_TLS)
-        self.assertTrue(service.endpoint.preferDirectTLS)
+        self.assertEqual(service.dialer.lastMode, DIRECT_TLS)
+        self.assertTrue(service.dialer.preferDirectTLS)
         after = yield self.pushAcked(restarted)
         self.assertEqual(received[-1].stanzaId, after)
 

@@ -33,12 +33,9 @@ from yadiskpush.errors import (
     ProtocolViolation,
     StreamErrorReceived,
 )
+from yadiskpush.failures import MINIMUM_DELAY_BY_CONDITION
 from yadiskpush.localserver import Faults, LocalServer, ServerSession, hostile
 from yadiskpush.notification import Notification
-from yadiskpush.reconnect import (
-    MINIMUM_DELAY_BY_CONDITION,
-    REDIRECT_DELAY,
-)
 from yadiskpush.service import PushService
 
 Steps = Generator[defer.Deferred[Any], Any, None]
@@ -334,7 +331,7 @@ class StreamErrorTests(FaultTestCase):
         self.assertIs(service.gaveUp, error)
         # Two reconnects, each after the conflict floor; none after the third.
         self.assertEqual(policy.requested, [MINIMUM_DELAY_BY_CONDITION["conflict"]] * 2)
-        self.assertFalse(service.clientService.running)
+        self.assertFalse(service.retrying)
         self.assertEqual(len(server.sessions), 3)
         self.assertEqual(len(received), 1)
         errors = logs.clientMessages(LogLevel.error)
@@ -364,7 +361,7 @@ class StreamErrorTests(FaultTestCase):
         [session] = server.openSessions(LOGIN)
         self.assertEqual(session.jid, winner.jid)
         self.assertIsNone(winner.gaveUp)
-        self.assertTrue(winner.clientService.running)
+        self.assertTrue(winner.retrying)
         conflicts = server.eventsOf("stream-error-sent")
         self.assertEqual({e.details["condition"] for e in conflicts}, {"conflict"})
         self.assertEqual(len(conflicts), 5)
@@ -390,7 +387,7 @@ class StreamErrorTests(FaultTestCase):
         )
         self.assertEqual(server.eventsOf("auth"), [])
         self.assertEqual(policy.requested, [])
-        self.assertFalse(service.clientService.running)
+        self.assertFalse(service.retrying)
 
     @defer.inlineCallbacks
     def test_seeOtherHost(self) -> Steps:
@@ -407,7 +404,8 @@ class StreamErrorTests(FaultTestCase):
         moved = yield other.whenSubscribed(1)
         yield service.whenReady()
         self.assertTrue(moved.encrypted)
-        self.assertEqual(policy.requested, [REDIRECT_DELAY])
+        # A redirect is followed at once (the jitter is fixed at 0 here).
+        self.assertEqual(policy.requested, [0.0])
         self.assertEqual(len(server.sessions), 1)
         answer = yield other.push(LOGIN, {"t": "diff"})
         self.assertEqual(answer["type"], "result")
@@ -431,7 +429,6 @@ class StreamErrorTests(FaultTestCase):
         session = yield self.readySession(server, service)
         self.assertEqual(session.number, 2)
         self.assertEqual(decoy.sessions, [])
-        self.assertNotIn(REDIRECT_DELAY, policy.requested)
         yield self.assertPushesArrive(server, received)
 
 
@@ -453,7 +450,7 @@ class HandshakeTests(FaultTestCase):
         # The policy was never asked for a delay, and nothing is left that
         # could ask it: the connection service is stopped.
         self.assertEqual(policy.requested, [])
-        self.assertFalse(service.clientService.running)
+        self.assertFalse(service.retrying)
         self.assertEqual(len(server.sessions), 1)
 
     @defer.inlineCallbacks

@@ -115,7 +115,7 @@ class SessionTests(ProsodyTestCase):
         """The client upgrades with STARTTLS and accepts the certificate it verified."""
         service = self.service()
         await service.whenReady()
-        self.assertEqual(service.endpoint.lastMode, STARTTLS)
+        self.assertEqual(service.dialer.lastMode, STARTTLS)
         self.assertEqual(len(self.clientStanzas(name="starttls", xmlns=TLS_NS)), 1)
         [auth] = self.server.records(event="auth")
         self.assertTrue(auth["secure"])
@@ -215,7 +215,7 @@ class SessionTests(ProsodyTestCase):
         service = self.service(settings)
         jid = await service.whenReady()
         self.assertEqual(jid.full(), ASSIGNED_JID)
-        self.assertEqual(service.endpoint.lastMode, DIRECT_TLS)
+        self.assertEqual(service.dialer.lastMode, DIRECT_TLS)
         self.assertEqual(self.clientStanzas(name="starttls"), [])
         [auth] = self.server.records(event="auth")
         self.assertEqual(auth["port"], self.server.directTLSPort)

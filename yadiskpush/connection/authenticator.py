@@ -1,46 +1,50 @@
 """
-The initializer chain of one connection, and the client factory.
+The initializer chain of one connection, and the stream factory.
 
 The order follows the vendor's page: stream header, STARTTLS (required unless
 TLS began with the first byte), optional zlib, ``X-YANDEX-OAUTH``, optional
 zlib again (for servers that offer it only after SASL, XEP-0170), resource
-bind, session. The authenticator also keeps the per-connection facts the
-service needs: whether the stream is encrypted, which step is running, and
-the specific error that ended the attempt.
+bind, session.
+
+One :class:`YandexAuthenticator` is made for each connection, from that
+connection's :class:`~yadiskpush.connection.attempt.Attempt`: it verifies TLS
+with the attempt's verifier and sends the attempt's token, and it keeps the
+facts learned on the way (encrypted yet? which step? a redirect target?) and
+the first error that ends the connection. The service reads that one
+outcome when the stream ends (``STREAM_END_EVENT``); nothing is carried from
+one connection to the next.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import client, xmlstream
 from twisted.words.protocols.jabber.jid import JID
-from zope.interface import providedBy
+from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
 
+from yadiskpush.connection.attempt import Attempt
 from yadiskpush.connection.compression import CompressionInitiatingInitializer
 from yadiskpush.connection.sasl import YandexOAuthInitializer
-from yadiskpush.connection.stream import PushXmlStream, PushXmlStreamFactory
-from yadiskpush.errors import HandshakeTimeout, StartTLSNotOffered, YaDiskPushError
-from yadiskpush.failures import describeFailure
+from yadiskpush.connection.stream import PushXmlStream, redactText, secretForms
+from yadiskpush.errors import (
+    HandshakeTimeout,
+    StartTLSNotOffered,
+    StreamErrorReceived,
+    YaDiskPushError,
+)
+from yadiskpush.failures import describeFailure, describeLoss
 from yadiskpush.settings import Settings
 
-
-def transportIsEncrypted(transport: Any) -> bool:
-    """
-    Whether TLS is already under this transport: a direct-TLS connection is
-    wrapped in ``TLSMemoryBIOProtocol``; after STARTTLS, Twisted marks the
-    TCP transport with ``ISSLTransport``.
-    """
-    from twisted.internet.interfaces import ISSLTransport
-
-    inner = getattr(transport, "wrappedTransport", transport)
-    return isinstance(inner, TLSMemoryBIOProtocol) or ISSLTransport in providedBy(inner)
+#: Dispatch a :class:`~yadiskpush.errors.YaDiskPushError` on the stream under
+#: this event to end the connection with it (used by handlers: no
+#: subscription, dead link, a server that stopped reading).
+CONNECTION_FAILED_EVENT = "//event/yadiskpush/connection-failed"
 
 
 class RequiredTLSInitializer(xmlstream.TLSInitiatingInitializer):
@@ -55,18 +59,18 @@ class RequiredTLSInitializer(xmlstream.TLSInitiatingInitializer):
         if authenticator.encrypted:
             return None
         if self.feature not in self.xmlstream.features:
-            raise StartTLSNotOffered(authenticator.host, authenticator.connectedPort)
+            attempt = authenticator.attempt
+            raise StartTLSNotOffered(attempt.host, attempt.port)
         authenticator.step = "STARTTLS"
-        # The options for the host actually dialled (it may be a redirect).
-        self._configurationForTLS = authenticator.tlsOptions
         return self.start()
 
     def onProceed(self, obj: object) -> None:
         authenticator = self.xmlstream.authenticator
         authenticator.encrypted = True
         authenticator.step = "TLS handshake"
-        authenticator._log.info(
-            "STARTTLS accepted; TLS handshake with {host}", host=authenticator.host
+        authenticator._log.debug(
+            "STARTTLS accepted; TLS handshake with {host}",
+            host=authenticator.attempt.host,
         )
         super().onProceed(obj)
 
@@ -87,13 +91,12 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
     """
     Initializes one connection to the push server as the configured account.
 
-    One authenticator serves every connection of a service, one at a time;
-    :meth:`connectionMade` resets the per-connection state.
-
+    :ivar attempt: the attempt this connection belongs to.
     :ivar jid: the JID; after bind, the one the server assigned.
     :ivar encrypted: whether TLS is established (or being established).
     :ivar step: the handshake step in progress, for error messages.
-    :ivar failureReason: the specific error that ended this attempt, if any.
+    :ivar failure: the first error that ends this connection, if any.
+    :ivar redirectTarget: a ``see-other-host`` target received over TLS.
     :ivar sessionOpen: whether bind and session completed.
     """
 
@@ -103,29 +106,32 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
     def __init__(
         self,
         settings: Settings,
-        tlsOptions: Any,
+        attempt: Attempt,
         clock: IReactorTime,
         log: Logger | None = None,
     ) -> None:
         xmlstream.ConnectAuthenticator.__init__(self, settings.domain)
         self.settings = settings
+        self.attempt = attempt
         self.login = settings.login
-        self.token = settings.token
-        self.host = settings.host
-        self.tlsOptions = tlsOptions
+        self.token = attempt.token
         self.clock = clock
         if log is not None:
             self._log = log
         self.jid = JID(tuple=(settings.login, settings.domain, settings.resource))
-        self.encrypted = False
-        self.step = "connecting"
-        self.connectedPort = settings.port
-        self.failureReason: YaDiskPushError | None = None
+        self.encrypted = attempt.tlsFromFirstByte
+        self.step = "stream header"
+        self.failure: YaDiskPushError | None = None
         self.redirectTarget: str | None = None
         self.sessionOpen = False
         self._tlsReported = False
         self._handshakeTimer: IDelayedCall | None = None
-        self.onFailure: Callable[[YaDiskPushError], None] | None = None
+
+    def redact(self, text: str | None) -> str | None:
+        """Server-supplied text made safe to show: no token, bounded."""
+        if text is None:
+            return None
+        return redactText(text, secretForms(self.login, self.token))
 
     def associateWithStream(self, xs: PushXmlStream) -> None:
         xmlstream.ConnectAuthenticator.associateWithStream(self, xs)
@@ -133,7 +139,7 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         xs.initializers = [
             _Step("stream negotiation", client.CheckVersionInitializer(xs)),
             RequiredTLSInitializer(
-                xs, required=True, configurationForTLS=self.tlsOptions
+                xs, required=True, configurationForTLS=self.attempt.tls
             ),
             _Step("compression", CompressionInitiatingInitializer(xs, compress)),
             _Step("authentication", YandexOAuthInitializer(xs, required=True)),
@@ -144,24 +150,13 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         xs.addObserver(xmlstream.INIT_FAILED_EVENT, self._initializationFailed)
         xs.addObserver(xmlstream.STREAM_ERROR_EVENT, self._streamError)
         xs.addObserver(xmlstream.STREAM_AUTHD_EVENT, self._sessionOpened)
-        xs.addObserver(xmlstream.STREAM_END_EVENT, self._connectionEnded)
+        xs.addObserver(xmlstream.STREAM_END_EVENT, self._connectionEnded, 100)
+        xs.addObserver(CONNECTION_FAILED_EVENT, self.fail)
         xs.addObserver(
             f"/error[@xmlns='{xmlstream.NS_STREAMS}']", self._readRedirect, 1
         )
 
     def connectionMade(self) -> None:
-        xs = self.xmlstream
-        self.encrypted = transportIsEncrypted(xs.transport)
-        self.failureReason = None
-        self.redirectTarget = None
-        self.sessionOpen = False
-        self._tlsReported = False
-        self.jid = JID(
-            tuple=(self.settings.login, self.settings.domain, self.settings.resource)
-        )
-        peer = xs.transport.getPeer()
-        self.connectedPort = getattr(peer, "port", self.settings.port)
-        self.step = "stream header"
         self._handshakeTimer = self.clock.callLater(
             self.settings.handshakeTimeout, self._handshakeTimedOut
         )
@@ -173,30 +168,48 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
             # (after STARTTLS, or on the direct-TLS port).
             self._tlsReported = True
             self._log.info(
-                "TLS established; certificate verified for {host}", host=self.host
+                "TLS established; certificate verified for {host}",
+                host=", ".join(self.attempt.tls.referenceIdentities),
             )
         xmlstream.ConnectAuthenticator.streamStarted(self, rootElement)
 
     def fail(self, reason: YaDiskPushError) -> None:
-        """Record why this attempt ends (first reason wins) and close."""
-        if self.failureReason is None:
-            self.failureReason = reason
-            if self.onFailure is not None:
-                self.onFailure(reason)
+        """Record why this connection ends (first reason wins) and close it."""
+        if self.failure is None:
+            self.failure = reason
         xs = self.xmlstream
         if xs is not None and xs.transport is not None:
             xs.sendFooter()
             xs.transport.loseConnection()
 
+    def outcome(self, lost: Failure) -> YaDiskPushError:
+        """
+        The one error this connection ended with: the first one recorded,
+        or else what the loss of the connection says.
+        """
+        if self.failure is not None:
+            return self.failure
+        if self.sessionOpen:
+            return describeLoss(lost)
+        return self._describe(lost)
+
+    def _describe(self, reason: Failure) -> YaDiskPushError:
+        return describeFailure(
+            reason, self.attempt.host, self.step, self.attempt.tls.verifyProblem()
+        )
+
     def _initializationFailed(self, reason: Failure) -> None:
         self._cancelHandshakeTimer()
-        self.fail(describeFailure(reason, self.host, self.step))
+        self.fail(self._describe(reason))
 
     def _streamError(self, reason: Failure) -> None:
-        if self.failureReason is None:
-            self.failureReason = describeFailure(reason, self.host, self.step)
-            if self.onFailure is not None:
-                self.onFailure(self.failureReason)
+        error = self._describe(reason)
+        if isinstance(error, StreamErrorReceived):
+            error = StreamErrorReceived(
+                error.condition, self.redact(error.text), encrypted=self.encrypted
+            )
+        if self.failure is None:
+            self.failure = error
 
     def _readRedirect(self, element: Any) -> None:
         """
@@ -215,10 +228,6 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
 
     def _connectionEnded(self, reason: Failure) -> None:
         self._cancelHandshakeTimer()
-        if self.failureReason is None and not self.sessionOpen:
-            self.failureReason = describeFailure(reason, self.host, self.step)
-            if self.onFailure is not None:
-                self.onFailure(self.failureReason)
 
     def _handshakeTimedOut(self) -> None:
         self._handshakeTimer = None
@@ -233,6 +242,35 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         self._handshakeTimer = None
 
 
-def makeClientFactory(authenticator: YandexAuthenticator) -> PushXmlStreamFactory:
-    """The stream factory for a service, like Twisted's ``XMPPClientFactory``."""
-    return PushXmlStreamFactory(authenticator, authenticator.settings.maxStanzaSize)
+class PushXmlStreamFactory(XmlStreamFactoryMixin, Factory):
+    """
+    Builds the stream of each attempt, with a new authenticator for it.
+
+    Bootstraps added with ``addBootstrap`` (wokkel's ``StreamManager`` and
+    the service add theirs) are installed on every stream. Streams are made
+    by :meth:`buildStream`, never by ``buildProtocol``: a stream without its
+    attempt would not know which host it must verify.
+    """
+
+    noisy = False
+
+    def __init__(
+        self, settings: Settings, clock: IReactorTime, log: Logger | None = None
+    ) -> None:
+        XmlStreamFactoryMixin.__init__(self)
+        self.settings = settings
+        self.clock = clock
+        self.log = log
+
+    def buildStream(self, attempt: Attempt) -> PushXmlStream:
+        authenticator = YandexAuthenticator(
+            self.settings, attempt, self.clock, log=self.log
+        )
+        xs = PushXmlStream(authenticator)
+        xs.factory = self
+        xs.maxStanzaSize = self.settings.maxStanzaSize
+        self.installBootstraps(xs)
+        return xs
+
+    def buildProtocol(self, addr: object) -> PushXmlStream:
+        raise TypeError("streams are built per attempt: use buildStream(attempt)")

@@ -1,13 +1,14 @@
 """
-Where the client connects: the STARTTLS port, or the direct-TLS port when the
-first cannot be reached, and the TLS options both use.
+Where the next connection goes: the STARTTLS port, or the direct-TLS port
+when the first cannot be reached, or a redirect target.
 
 The vendor's page says: port 5222 with STARTTLS; if it is not available,
-port 443 with TLS from the first byte. :class:`FallbackEndpoint` is one
-``IStreamClientEndpoint`` with that choice behind it, so ``ClientService``
-owns the whole connection. It remembers which port worked last and starts
-there next time, and a server that stops offering STARTTLS makes it prefer
-the TLS port (a middlebox may be stripping STARTTLS).
+port 443 with TLS from the first byte. :class:`Dialer` plans the
+:class:`~yadiskpush.connection.attempt.Attempt` list for each connection
+(each attempt built with its own TLS verifier, before it dials) and connects
+them in turn. It remembers which port worked last, can be told to prefer the
+TLS port (a middlebox may be stripping STARTTLS, or stalling it), and sends
+exactly the next connection to a ``see-other-host`` target.
 """
 
 from __future__ import annotations
@@ -18,74 +19,54 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet import error as netError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import (
-    Certificate,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from yadiskpush.errors import ConfigurationError, ConnectFailed
+from yadiskpush.connection.attempt import DIRECT_TLS, STARTTLS, Attempt
+from yadiskpush.connection.tls import TLSContexts
+from yadiskpush.errors import ConnectFailed
+from yadiskpush.secret import Secret
 from yadiskpush.settings import Settings
 
-STARTTLS = "STARTTLS"
-DIRECT_TLS = "direct TLS"
+__all__ = ["DIRECT_TLS", "STARTTLS", "Dialer", "hostnameEndpoint"]
 
 # Failures that mean "this port is not reachable", where the other port may
 # still be: refused, timed out, no route, reset while connecting.
-_UNREACHABLE = (
-    netError.ConnectError,
-    netError.TimeoutError,
-)
+_UNREACHABLE = (netError.ConnectError, netError.TimeoutError)
+
+#: Makes the endpoint an attempt dials (injectable, for tests and for
+#: applications that route connections their own way).
+EndpointFactory = Callable[[Any, Attempt, float], IStreamClientEndpoint]
 
 
-def loadTrustRoot(caFile: str | None) -> Any:
+def hostnameEndpoint(reactor: Any, attempt: Attempt, timeout: float) -> Any:
+    """The default: TCP via ``HostnameEndpoint``, TLS first for direct TLS."""
+    plain = HostnameEndpoint(reactor, attempt.host, attempt.port, timeout=timeout)
+    if attempt.tlsFromFirstByte:
+        return wrapClientTLS(attempt.tls, plain)
+    return plain
+
+
+class _AttemptFactory(Factory):
+    """Builds the one stream of one attempt, handing it the attempt."""
+
+    noisy = False
+
+    def __init__(self, buildStream: Callable[[Attempt], Protocol], attempt: Attempt):
+        self.buildStream = buildStream
+        self.attempt = attempt
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.buildStream(self.attempt)
+
+
+class Dialer:
     """
-    The CAs to trust: every certificate in ``caFile``, or the platform's.
-
-    :raises ConfigurationError: if the file cannot be read or holds no
-        certificate.
-    """
-    if caFile is None:
-        return platformTrust()
-    try:
-        with open(caFile, "rb") as pemFile:
-            pem = pemFile.read()
-    except OSError as e:
-        raise ConfigurationError(
-            f"cannot read the CA file {caFile}: {e.strerror or e}"
-        ) from None
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [b + marker for b in pem.split(marker) if b.strip()]
-    try:
-        certificates = [Certificate.loadPEM(b) for b in blocks]
-    except Exception:
-        certificates = []
-    if not certificates:
-        raise ConfigurationError(f"the CA file {caFile} holds no PEM certificate")
-    return trustRootFromCertificates(certificates)
-
-
-def tlsOptionsFor(settings: Settings, host: str | None = None) -> Any:
-    """
-    TLS client options that verify the certificate against the host dialled
-    (not the XMPP domain, which differs: ``push.xmpp.yandex.ru`` vs ``ya.ru``).
-    """
-    return optionsForClientTLS(
-        host or settings.host, trustRoot=loadTrustRoot(settings.caFile)
-    )
-
-
-@implementer(IStreamClientEndpoint)
-class FallbackEndpoint:
-    """
-    Connects to the STARTTLS port, falling back to the direct-TLS port.
+    Plans and dials the attempts of each connection.
 
     :ivar lastMode: :data:`STARTTLS` or :data:`DIRECT_TLS`, whichever
-        connected last (``None`` before the first connection).
+        connected to ``--host`` last (``None`` before the first connection).
     :ivar preferDirectTLS: start with the direct-TLS port next time.
     """
 
@@ -95,108 +76,93 @@ class FallbackEndpoint:
         self,
         reactor: Any,
         settings: Settings,
-        tlsOptions: Any,
+        tlsContexts: TLSContexts,
+        endpointFactory: EndpointFactory = hostnameEndpoint,
         log: Logger | None = None,
     ) -> None:
         self.reactor = reactor
-        self.host = settings.host
-        self.port = settings.port
-        self.tlsPort = settings.tlsPort
-        self.connectTimeout = settings.connectTimeout
-        self.tlsOptions = tlsOptions
+        self.settings = settings
+        self.tlsContexts = tlsContexts
+        self.endpointFactory = endpointFactory
         self.lastMode: str | None = None
         self.preferDirectTLS = False
-        self.onConnectFailed: Callable[[ConnectFailed], None] | None = None
-        self._redirect: tuple[str, int, Any] | None = None
-        self.connectedHost = self.host
-        self.connectedTLSOptions = tlsOptions
+        self._redirect: tuple[str, int] | None = None
         if log is not None:
             self._log = log
 
-    def redirect(self, host: str, port: int, tlsOptions: Any) -> None:
+    def redirect(self, host: str, port: int) -> None:
         """
-        Make the next connection (only) go to ``host:port`` with STARTTLS,
-        for a server's ``see-other-host``; the certificate is then checked
-        against ``host`` by ``tlsOptions``.
+        Send the next connection (only) to ``host:port`` with STARTTLS, for a
+        server's ``see-other-host``. Its certificate must name both ``host``
+        and ``--host`` (RFC 6120 §4.9.3.19: the same reference identity as
+        the original connection).
         """
-        self._redirect = (host, port, tlsOptions)
+        self._redirect = (host, port)
 
-    def _plain(self, port: int, host: str | None = None) -> HostnameEndpoint:
-        return HostnameEndpoint(
-            self.reactor, host or self.host, port, timeout=self.connectTimeout
-        )
-
-    def _attempts(self) -> list[tuple[str, str, int, Any, Any]]:
+    def plan(self, token: Secret) -> list[Attempt]:
+        """The attempts of the next connection, in the order to try them."""
+        settings = self.settings
         if self._redirect is not None:
-            host, port, options = self._redirect
+            host, port = self._redirect
             self._redirect = None
-            return [(STARTTLS, host, port, self._plain(port, host), options)]
-        attempts = [
-            (STARTTLS, self.host, self.port, self._plain(self.port), self.tlsOptions)
-        ]
-        if self.tlsPort:
-            direct = wrapClientTLS(self.tlsOptions, self._plain(self.tlsPort))
+            tls = self.tlsContexts.connectorFor(
+                host, settings.caFile, alsoVerify=(settings.host,)
+            )
+            return [Attempt(host, port, STARTTLS, tls, token, redirected=True)]
+        tls = self.tlsContexts.connectorFor(settings.host, settings.caFile)
+        attempts = [Attempt(settings.host, settings.port, STARTTLS, tls, token)]
+        if settings.tlsPort:
+            direct = self.tlsContexts.connectorFor(settings.host, settings.caFile)
             attempts.append(
-                (DIRECT_TLS, self.host, self.tlsPort, direct, self.tlsOptions)
+                Attempt(settings.host, settings.tlsPort, DIRECT_TLS, direct, token)
             )
             if self.preferDirectTLS:
                 attempts.reverse()
         return attempts
 
     @defer.inlineCallbacks
-    def connect(self, protocolFactory: Any) -> Any:
+    def connect(
+        self, attempts: list[Attempt], buildStream: Callable[[Attempt], Protocol]
+    ) -> Any:
         """
-        Try each port in turn; fire with the protocol of the first that
-        connects.
+        Try each attempt in turn; fire with the protocol of the first that
+        connects (built by ``buildStream(attempt)``).
 
         :raises ConnectFailed: naming every port tried and why it failed.
         """
         problems = []
-        for mode, host, port, endpoint, options in self._attempts():
-            self._log.info(
-                "Connecting to {host}:{port} ({mode})",
-                host=host,
-                port=port,
-                mode=mode,
+        for attempt in attempts:
+            self._log.info("Connecting to {attempt}", attempt=str(attempt))
+            endpoint = self.endpointFactory(
+                self.reactor, attempt, self.settings.connectTimeout
             )
+            factory: IProtocolFactory = _AttemptFactory(buildStream, attempt)
             try:
-                protocol = yield endpoint.connect(protocolFactory)
+                protocol = yield endpoint.connect(factory)
             except _UNREACHABLE as e:
                 reason = _describeConnectError(e)
                 self._log.info(
-                    "Cannot reach {host}:{port}: {reason}",
-                    host=host,
-                    port=port,
+                    "Cannot reach {attempt}: {reason}",
+                    attempt=str(attempt),
                     reason=reason,
                 )
-                problems.append(f"{host}:{port}: {reason}")
+                problems.append(f"{attempt.host}:{attempt.port}: {reason}")
                 continue
             except netError.DNSLookupError:
-                raise self._failed(
-                    ConnectFailed(f"cannot resolve the host name {host!r}")
+                raise ConnectFailed(
+                    f"cannot resolve the host name {attempt.host!r}"
                 ) from None
-            self._log.info(
-                "Connected to {host}:{port} ({mode})",
-                host=host,
-                port=port,
-                mode=mode,
-            )
-            self.connectedHost = host
-            self.connectedTLSOptions = options
-            if host == self.host:
-                self.lastMode = mode
-                self.preferDirectTLS = mode == DIRECT_TLS
+            self._log.info("Connected to {attempt}", attempt=str(attempt))
+            if not attempt.redirected:
+                self.lastMode = attempt.mode
+                self.preferDirectTLS = attempt.mode == DIRECT_TLS
             return protocol
-        raise self._failed(ConnectFailed(f"cannot connect ({'; '.join(problems)})"))
-
-    def _failed(self, reason: ConnectFailed) -> ConnectFailed:
-        if self.onConnectFailed is not None:
-            self.onConnectFailed(reason)
-        return reason
+        raise ConnectFailed(f"cannot connect ({'; '.join(problems)})")
 
     def __repr__(self) -> str:
-        ports = f"{self.port}, {self.tlsPort}" if self.tlsPort else str(self.port)
-        return f"<{self.host} ports {ports}>"
+        s = self.settings
+        ports = f"{s.port}, {s.tlsPort}" if s.tlsPort else str(s.port)
+        return f"<{s.host} ports {ports}>"
 
 
 def _describeConnectError(e: Exception) -> str:

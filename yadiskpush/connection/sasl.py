@@ -94,6 +94,9 @@ class YandexOAuthInitializer(sasl.SASLInitiatingInitializer):
                 text = str(child).strip()
             elif condition is None:
                 condition = child.name
+        authenticator = self.xmlstream.authenticator
         self._deferred.errback(
-            AuthenticationFailed(self.xmlstream.authenticator.login, condition, text)
+            AuthenticationFailed(
+                authenticator.login, condition, authenticator.redact(text) or ""
+            )
         )

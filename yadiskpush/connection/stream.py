@@ -14,18 +14,18 @@ the service can log one clear line.
 
 from __future__ import annotations
 
+import base64
 import re
 import zlib
 from collections.abc import Callable, Iterable
 
-from twisted.internet import protocol
 from twisted.python import failure
 from twisted.words.protocols.jabber import error, xmlstream
 from twisted.words.xish import domish
-from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
 
 from yadiskpush.connection.compression import Inflater
 from yadiskpush.errors import ProtocolViolation
+from yadiskpush.secret import Secret
 
 _SASL_PAYLOAD = re.compile(
     rb"(<(?:\w+:)?(?:auth|response|challenge|success)\b[^>]*>)([^<]*)(<)"
@@ -57,6 +57,37 @@ def redactTraffic(data: bytes, secrets: Iterable[bytes] = ()) -> str:
         if secret:
             redacted = redacted.replace(secret, b"[redacted]")
     return redacted.decode("utf-8", "replace")
+
+
+#: The longest server-supplied text (a SASL or stream error ``<text/>``)
+#: shown in a log line; the rest is cut.
+MAX_SHOWN_TEXT = 300
+
+
+def secretForms(login: str, token: Secret) -> list[bytes]:
+    """The token as it could appear on the wire: plain and in the SASL payload."""
+    from yadiskpush.connection.sasl import oauthPayload
+
+    plain = token.reveal().encode("utf-8")
+    payload = oauthPayload(login, token)
+    return [plain, base64.b64encode(payload), base64.b64encode(plain)]
+
+
+def redactText(text: str, secrets: Iterable[bytes] = ()) -> str:
+    """
+    Make text the server sent safe to show a person: every form of the
+    token hidden (a hostile server may echo it back), control characters
+    replaced, and the length bounded.
+    """
+    redacted = text
+    for secret in secrets:
+        form = secret.decode("utf-8", "replace")
+        if form:
+            redacted = redacted.replace(form, "[redacted]")
+    redacted = "".join(c if c.isprintable() else " " for c in redacted).strip()
+    if len(redacted) > MAX_SHOWN_TEXT:
+        redacted = redacted[:MAX_SHOWN_TEXT] + "…"
+    return redacted
 
 
 class PushXmlStream(xmlstream.XmlStream):
@@ -107,15 +138,18 @@ class PushXmlStream(xmlstream.XmlStream):
     def dataReceived(self, data: bytes) -> None:
         if self.violation is not None:
             return
-        if self.rawDataInFn:
-            self.rawDataInFn(data)
         current = self.stream
         try:
             if self.inflater is not None:
+                # The traffic log shows the XML, not the zlib bytes.
                 for piece in self.inflater.inflate(data):
+                    if self.rawDataInFn:
+                        self.rawDataInFn(piece)
                     if not self._parse(piece, current):
                         return
             else:
+                if self.rawDataInFn:
+                    self.rawDataInFn(data)
                 self._parse(data, current)
         except zlib.error as e:
             self._violate("bad-format", f"corrupt compressed data ({e})")
@@ -180,28 +214,3 @@ class PushXmlStream(xmlstream.XmlStream):
         """The peer closed its stream: close ours too, then the connection."""
         self.sendFooter()
         self.transport.loseConnection()
-
-
-class PushXmlStreamFactory(XmlStreamFactoryMixin, protocol.Factory):
-    """
-    Builds :class:`PushXmlStream` connections for one authenticator.
-
-    Twisted's ``XmlStreamFactory`` is a ``ReconnectingClientFactory``; here
-    ``ClientService`` owns reconnection, so this is a plain factory.
-    """
-
-    protocol = PushXmlStream
-    # ClientService logs connection attempts already, and better.
-    noisy = False
-
-    def __init__(
-        self, authenticator: xmlstream.Authenticator, maxStanzaSize: int
-    ) -> None:
-        XmlStreamFactoryMixin.__init__(self, authenticator)
-        self.authenticator = authenticator
-        self.maxStanzaSize = maxStanzaSize
-
-    def buildProtocol(self, addr: object) -> PushXmlStream:
-        xs = XmlStreamFactoryMixin.buildProtocol(self, addr)
-        xs.maxStanzaSize = self.maxStanzaSize
-        return xs
