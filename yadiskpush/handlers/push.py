@@ -1,40 +1,42 @@
-"""Receives Disk pushes, hands them on, and acknowledges them."""
+"""Receives Disk pushes and hands them to the delivery pipeline of the stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.words.protocols.jabber import error as jabberError
 from twisted.words.protocols.jabber.jid import JID
-from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
-from yadiskpush.errors import YaDiskPushError
+from yadiskpush.delivery.pipeline import (
+    DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_MAX_WAITING,
+    Deliver,
+    DeliveryPipeline,
+    errorAnswer,
+)
 from yadiskpush.notification import NS_DISK_PUSH, Notification
 
 IQ_SET = "/iq[@type='set']"
 
-NotificationCallback = Callable[[Notification], "defer.Deferred[Any] | None"]
+NotificationCallback = Deliver
 
 
 class PushHandler(XMPPHandler):
     """
-    Takes every IQ set carrying a ``yandex:push:disk`` payload, turns it into a
-    :class:`~yadiskpush.notification.Notification`, hands it to
-    ``onNotification`` and only then acknowledges it with a result.
+    Takes every IQ set carrying a ``yandex:push:disk`` payload, turns it into
+    a :class:`~yadiskpush.notification.Notification` and hands it to
+    ``onNotification`` through a
+    :class:`~yadiskpush.delivery.pipeline.DeliveryPipeline`: one at a time,
+    in order; acknowledged with a result only once the callback (or its
+    Deferred) succeeded; refused with an error when it failed or took longer
+    than ``deliveryTimeout``. A new pipeline serves each stream, so nothing
+    waiting on a stream that ended is ever answered on the next one.
 
-    Notifications are handed on one at a time, in the order they arrived: a
-    callback returning a Deferred holds back the next one until it fires. If
-    the callback fails, the push is answered with ``internal-server-error``
-    instead of a result, so the server does not count it as delivered. If
-    the stream is gone by the time delivery completes, nothing is sent: the
-    push was delivered but not acknowledged, never the reverse.
+    A push that claims to come from another account is refused: pushes may
+    start commands (``--exec``).
 
     Usable on its own in any wokkel ``StreamManager``.
     """
@@ -46,101 +48,105 @@ class PushHandler(XMPPHandler):
         onNotification: NotificationCallback,
         clock: IReactorTime | None = None,
         log: Logger | None = None,
+        deliveryTimeout: float = DEFAULT_DELIVERY_TIMEOUT,
+        maxWaiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         super().__init__()
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.onNotification = onNotification
         self.clock = clock
-        self._queue: defer.Deferred[None] = defer.succeed(None)
+        self.deliveryTimeout = deliveryTimeout
+        self.maxWaiting = maxWaiting
+        self.pipeline: DeliveryPipeline | None = None
+        self._accepted: tuple[str, ...] = ()
         if log is not None:
             self._log = log
 
     def connectionInitialized(self) -> None:
-        self.xmlstream.addObserver(IQ_SET, self.onIQSet)
+        xs = self.xmlstream
+        self.pipeline = DeliveryPipeline(
+            self.onNotification,
+            lambda xml: _sendUnlessClosing(xs, xml),
+            self.clock,
+            self._log,
+            timeout=self.deliveryTimeout,
+            maxWaiting=self.maxWaiting,
+        )
+        self._accepted = _acceptedSenders(xs)
+        xs.addObserver(IQ_SET, self.onIQSet)
+
+    def connectionLost(self, reason: object) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
 
     def onIQSet(self, iq: domish.Element) -> None:
-        if not any(child.uri == NS_DISK_PUSH for child in iq.elements()):
+        payload = None
+        for child in iq.elements():
+            if child.uri == NS_DISK_PUSH:
+                payload = child
+                break
+        if payload is None:
             return
         iq.handled = True
-        if not self._fromOurServer(iq):
-            # Pushes may start commands (--exec): one that claims to come
-            # from another account is refused, not delivered.
+        xs = self.xmlstream
+        if not self._fromOurServer(iq.getAttribute("from")):
             self._log.warn(
                 "Refused a Disk push from {sender}: pushes come only from the "
                 "server or your own account",
                 sender=iq.getAttribute("from"),
             )
-            self._answer(
-                self.xmlstream,
-                jabberError.StanzaError("service-unavailable").toResponse(iq),
-            )
+            _sendUnlessClosing(xs, errorAnswer(iq, "service-unavailable"))
             return
-        notification = Notification.fromStanza(iq, self.clock.seconds())
-        xs = self.xmlstream
-
-        def deliver(_: object) -> defer.Deferred[Any]:
-            return defer.maybeDeferred(self.onNotification, notification)
-
-        def acknowledge(_: object) -> None:
-            self._answer(xs, toResponse(iq, "result"))
-
-        def refuse(reason: Failure) -> None:
-            reason = _unwrap(reason)
-            if isinstance(reason.value, YaDiskPushError):
-                # Expected (disk full, queue full): one line, no traceback.
-                self._log.error(
-                    "Could not deliver push {id}: {problem}; answering with an "
-                    "error so the server does not count it as delivered",
-                    id=notification.stanzaId,
-                    problem=str(reason.value),
-                )
-            else:
-                self._log.failure(
-                    "Could not deliver push {id}; answering with an error so "
-                    "the server does not count it as delivered",
-                    reason,
-                    id=notification.stanzaId,
-                )
-            self._answer(
-                xs, jabberError.StanzaError("internal-server-error").toResponse(iq)
+        try:
+            notification = Notification.fromStanza(iq, self.clock.seconds())
+        except Exception as e:
+            self._log.error(
+                "Could not read push {id} ({problem}); answering with an error",
+                id=iq.getAttribute("id"),
+                problem=f"{type(e).__name__}: {e}",
             )
+            _sendUnlessClosing(xs, errorAnswer(iq, "internal-server-error"))
+            return
+        if self.pipeline is not None:
+            self.pipeline.receive(iq, notification)
 
-        self._queue = self._queue.addCallback(deliver)
-        self._queue.addCallbacks(acknowledge, refuse)
-
-    def _fromOurServer(self, iq: domish.Element) -> bool:
+    def _fromOurServer(self, sender: str | None) -> bool:
         """
         Whether the push comes from no one in particular (the server), the
-        server's domain, or our own account, as RFC 6120 (section 10.3)
-        lets a client trust. Without a known JID (a foreign authenticator),
-        everything is accepted.
+        server's domain, or our own account, as RFC 6120 (section 10.3) lets
+        a client trust. Compared as strings first (the common case costs no
+        stringprep); only an unusual spelling is parsed as a JID.
         """
-        sender = iq.getAttribute("from")
-        ours = getattr(getattr(self.xmlstream, "authenticator", None), "jid", None)
-        if not sender or ours is None:
+        if not sender or not self._accepted:
+            return True
+        bare = sender.partition("/")[0]
+        if bare in self._accepted:
             return True
         try:
-            sender = JID(sender)
+            parsed = JID(sender)
         except Exception:
             return False
-        return sender.userhost() in (ours.userhost(), ours.host)
-
-    def _answer(self, xs: Any, response: domish.Element) -> None:
-        # After our </stream:stream> nothing may be sent: a push delivered
-        # while the client was closing stays unacknowledged (the server will
-        # send it again), never acknowledged into the void.
-        if (
-            xs is not None
-            and xs.transport is not None
-            and xs.stream is not None
-            and not getattr(xs, "closing", False)
-        ):
-            xs.send(response)
+        return parsed.userhost() in self._accepted
 
 
-def _unwrap(reason: Failure) -> Failure:
-    """The original failure inside ``gatherResults``' ``FirstError`` layers."""
-    while isinstance(reason.value, defer.FirstError):
-        reason = reason.value.subFailure
-    return reason
+def _acceptedSenders(xs: Any) -> tuple[str, ...]:
+    """Our bare JID and our server's domain; empty if the stream has no JID."""
+    ours = getattr(getattr(xs, "authenticator", None), "jid", None)
+    if ours is None:
+        return ()
+    return (ours.userhost(), ours.host)
+
+
+def _sendUnlessClosing(xs: Any, xml: str) -> None:
+    # After our </stream:stream> nothing may be sent: a push delivered while
+    # the client was closing stays unacknowledged (the server will send it
+    # again), never acknowledged into the void.
+    if (
+        xs is not None
+        and xs.transport is not None
+        and xs.stream is not None
+        and not getattr(xs, "closing", False)
+    ):
+        xs.send(xml)
