@@ -40,6 +40,9 @@ class FakeAuthenticator(xmlstream.ConnectAuthenticator):
         self.step = "test"
         self.jid = JID("test@ya.ru/r")
 
+    def redact(self, text: str | None) -> str | None:
+        return text
+
     def streamStarted(self, rootElement: Any) -> None:
         # Record the header only; tests drive initializers by hand.
         xmlstream.Authenticator.streamStarted(self, rootElement)

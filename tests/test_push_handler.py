@@ -154,7 +154,11 @@ class PipelineTests(SynchronousTestCase):
     def _pipeline(self, deliver, clock=None, **kwargs):  # type: ignore[no-untyped-def]
         sent: list[str] = []
         pipeline = DeliveryPipeline(
-            deliver, sent.append, clock or Clock(), Logger(), **kwargs
+            deliver,
+            lambda iq, xml: sent.append(xml),
+            clock or Clock(),
+            Logger(),
+            **kwargs,
         )
         return pipeline, sent
 
@@ -201,7 +205,7 @@ class PipelineTests(SynchronousTestCase):
         """An exception while answering one push does not refuse the next."""
         sent: list[str] = []
 
-        def send(xml: str) -> None:
+        def send(iq: object, xml: str) -> None:
             if not sent:
                 sent.append("boom")
                 raise RuntimeError("transport gone mad")

@@ -1,14 +1,21 @@
 """
 What ``twistd yadiskpush`` runs: one :class:`PushService` and its sinks,
-stopped in the right order.
+started and stopped in the right order, and the process-level conventions
+users rely on: SIGHUP reopens outputs and re-reads the token (logrotate),
+and a give-up exits with status 78 (``EX_CONFIG`` of ``sysexits.h``), so
+that systemd's ``RestartPreventExitStatus=78`` and every monitor see it.
 
 ``MultiService`` stops its children concurrently, so it cannot promise that
 the stream is closed (no more pushes can arrive) before the sinks are
-flushed and closed. :class:`PushApplication` does that ordering itself.
+closed. :class:`PushApplication` does that ordering itself.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,9 +23,39 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from yadiskpush.delivery.pipeline import fanOut
 from yadiskpush.delivery.sinks import Sink
-from yadiskpush.notification import Notification
+from yadiskpush.errors import ServiceStopped, YaDiskPushError
 from yadiskpush.service import PushService
+
+#: ``EX_CONFIG`` from ``sysexits.h``: the configuration needs a fix.
+EXIT_CONFIG = 78
+
+
+class ExitStatus:
+    """
+    The status the process exits with. twistd always exits 0 after the
+    reactor stops; the status is set from an ``atexit`` hook registered
+    first, so it runs last, once everything else has been flushed.
+    """
+
+    def __init__(self) -> None:
+        self.code = 0
+        self._registered = False
+
+    def register(self) -> None:
+        if not self._registered:
+            self._registered = True
+            atexit.register(self._exit)
+
+    def _exit(self) -> None:
+        if self.code:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(self.code)
 
 
 class PushApplication(service.Service):
@@ -26,34 +63,95 @@ class PushApplication(service.Service):
     Runs a push service whose notifications go to ``sinks``, each push
     acknowledged once every sink has taken it.
 
-    On stop: close the stream first (no new pushes), then close the sinks in
-    order (an ``--exec`` run in progress is waited for).
+    On start: start the sinks that need it (the ``--exec`` journal replays
+    what a crash left). On stop: close the stream first (no new pushes),
+    then close the sinks in order, each in bounded time. With ``reactor``
+    given, SIGHUP is handled and a give-up stops the reactor with
+    ``exitStatus`` set to 78.
     """
 
     _log = Logger()
 
-    def __init__(self, push: PushService, sinks: Sequence[Sink]) -> None:
+    def __init__(
+        self,
+        push: PushService,
+        sinks: Sequence[Sink],
+        reactor: Any = None,
+        exitStatus: ExitStatus | None = None,
+    ) -> None:
         self.push = push
         self.sinks = list(sinks)
+        self.reactor = reactor
+        self.exitStatus = exitStatus
+        self._deliverers = [s.deliver for s in self.sinks]
+        self._previousHangup: Any = None
         push.addNotificationObserver(self.deliver)
 
-    def deliver(self, notification: Notification) -> defer.Deferred[Any]:
-        """Hand one notification to every sink; fire when all have it."""
-        return defer.gatherResults(
-            [defer.maybeDeferred(s.deliver, notification) for s in self.sinks],
-            consumeErrors=True,
-        )
+    def deliver(self, notification: Any) -> Any:
+        """Hand one notification to every sink; done when all have it."""
+        return fanOut(self._deliverers, notification)
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen output files, re-read the token file."""
+        self._log.info("SIGHUP: reopening outputs and re-reading the token file")
+        for sink in self.sinks:
+            reopen = getattr(sink, "reopen", None)
+            if reopen is not None:
+                try:
+                    reopen()
+                except Exception:
+                    self._log.failure("Reopening {sink} failed", sink=sink)
+        self.push.tokenChanged()
 
     def startService(self) -> None:
         service.Service.startService(self)
+        for sink in self.sinks:
+            start = getattr(sink, "start", None)
+            if start is not None:
+                start()
+        if self.reactor is not None:
+            self._installHangupHandler()
+            self.push.whenGaveUp().addCallbacks(self._gaveUp, self._stopped)
         self.push.startService()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         service.Service.stopService(self)
+        self._restoreHangupHandler()
         yield self.push.stopService()
         for sink in self.sinks:
             try:
                 yield sink.close()
             except Exception:
                 self._log.failure("Closing {sink} failed", sink=sink)
+
+    def _gaveUp(self, error: YaDiskPushError) -> None:
+        if self.exitStatus is not None:
+            self.exitStatus.code = EXIT_CONFIG
+        self._log.error(
+            "Exiting with status 78 (EX_CONFIG): {problem}", problem=error.message
+        )
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _stopped(self, reason: Any) -> None:
+        reason.trap(ServiceStopped)
+
+    def _installHangupHandler(self) -> None:
+        # The handler only schedules: the work runs in the reactor thread.
+        def onHangup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reopen)
+
+        try:
+            self._previousHangup = signal.signal(signal.SIGHUP, onHangup)
+        except ValueError:
+            # Not the main thread (an embedding application): no handler.
+            self._previousHangup = None
+
+    def _restoreHangupHandler(self) -> None:
+        if self._previousHangup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._previousHangup)
+            except ValueError:
+                pass
+            self._previousHangup = None

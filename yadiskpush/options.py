@@ -119,6 +119,14 @@ class Options(usage.Options):
             "$XDG_STATE_HOME/yadiskpush, else ~/.local/state/yadiskpush).",
         ],
         [
+            "delivery-timeout",
+            None,
+            60.0,
+            "Refuse a push (the server sends it again) when the outputs have not "
+            "taken it within this many seconds.",
+            _positiveSeconds,
+        ],
+        [
             "idle-timeout",
             None,
             90.0,
@@ -209,6 +217,8 @@ class Options(usage.Options):
         return Settings(
             login=self["login"],
             token=token,
+            tokenFile=self["token-file"],
+            deliveryTimeout=self["delivery-timeout"],
             host=self["host"],
             port=self["port"],
             tlsPort=self["tls-port"],
@@ -244,9 +254,6 @@ def buildSinks(options: Options, reactor: Any) -> list[Any]:
         execSink = ExecSink(
             options["exec"], options["exec-timeout"], reactor=reactor, journal=journal
         )
-        # Opens the journal and runs what a previous process left in it,
-        # without waiting for the first push.
-        reactor.callWhenRunning(execSink.start)
         sinks.append(execSink)
     if not sinks:
         sinks.append(LogSink())
@@ -258,7 +265,7 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from yadiskpush.application import PushApplication
+    from yadiskpush.application import ExitStatus, PushApplication
     from yadiskpush.service import PushService
 
     if options["demo"]:
@@ -272,5 +279,8 @@ def makeService(options: Options) -> service.IService:
     settings = options.settings
     assert settings is not None
     push = PushService(settings, reactor=reactor)
-    push.whenGaveUp().addCallback(lambda _: reactor.stop())
-    return PushApplication(push, buildSinks(options, reactor))
+    exitStatus = ExitStatus()
+    exitStatus.register()
+    return PushApplication(
+        push, buildSinks(options, reactor), reactor=reactor, exitStatus=exitStatus
+    )

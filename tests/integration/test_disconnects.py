@@ -79,7 +79,7 @@ class DropTests(DisconnectTestCase):
         # dropped on); it was never acked. The three later ones were, once.
         self.assertEqual([n.stanzaId for n in received], [server.pushLog[0].id, *later])
         self.assertEqual(dict(server.acks), {i: 1 for i in later})
-        self.assertEqual(policy.requested, [1.0])
+        self.assertEqual(policy.requested, [0.0])
         self.assertEqual(len(server.eventsOf("subscribed")), 2)
 
     @defer.inlineCallbacks
@@ -180,7 +180,7 @@ class StallTests(DisconnectTestCase):
         self.assertEqual(session.number, 2)
         after = yield self.pushAcked(server)
         self.assertEqual(received[-1].stanzaId, after)
-        self.assertEqual(policy.requested, [1.0])
+        self.assertEqual(policy.requested, [0.0])
 
     def test_stallAfterSessionOpened(self) -> defer.Deferred[Any]:
         """Silent from the session's start: ConnectionStalled, then recover."""

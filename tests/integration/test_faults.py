@@ -372,22 +372,29 @@ class StreamErrorTests(FaultTestCase):
 
     @defer.inlineCallbacks
     def test_hostUnknownGivesUp(self) -> Steps:
-        """host-unknown: the client stops and names --domain."""
-        server, service, policy, received = yield self.connected(domain="wrong.example")
+        """host-unknown over TLS: the client stops and names --domain."""
+        server, service, policy, received = yield self.connected(
+            Faults(streamErrorAt="bind", streamError="host-unknown")
+        )
         error = yield service.whenGaveUp()
         self.assertIsInstance(error, ConfigurationError)
-        self.assertIn("'wrong.example'", str(error))
         self.assertIn("host-unknown", str(error))
         self.assertIn("check --domain", str(error))
         [session] = server.sessions
         yield session.whenClosed()
-        self.assertEqual(
-            [e.details["condition"] for e in server.eventsOf("stream-error-sent")],
-            ["host-unknown"],
-        )
-        self.assertEqual(server.eventsOf("auth"), [])
         self.assertEqual(policy.requested, [])
         self.assertFalse(service.retrying)
+
+    @defer.inlineCallbacks
+    def test_hostUnknownBeforeTLSRetried(self) -> Steps:
+        """host-unknown before TLS is not trusted: retried, on the TLS port."""
+        server, service, policy, received = yield self.connected(domain="wrong.example")
+        error = yield service.whenConnectionFailed()
+        self.assertIsInstance(error, StreamErrorReceived)
+        self.assertIn("before TLS", str(error))
+        self.assertIsNone(service.gaveUp)
+        self.assertTrue(service.dialer.preferDirectTLS)
+        self.assertEqual(server.eventsOf("auth"), [])
 
     @defer.inlineCallbacks
     def test_seeOtherHost(self) -> Steps:
@@ -468,5 +475,5 @@ class HandshakeTests(FaultTestCase):
         self.assertEqual(stalled.number, 1)
         session = yield self.readySession(server, service)
         self.assertEqual(session.number, 2)
-        self.assertEqual(policy.requested, [1.0])
+        self.assertEqual(policy.requested, [0.0])
         yield self.assertPushesArrive(server, received)

@@ -110,8 +110,8 @@ def readLines(path: str) -> list[dict[str, Any]]:
         return []
 
 
-class PluginTests(TestCase):
-    """The twistd plugin, run as a child process exactly as documented."""
+class TwistdTestCase(TestCase):
+    """Runs ``twistd`` children exactly as documented, and cleans them up."""
 
     timeout = 60
 
@@ -213,6 +213,10 @@ class PluginTests(TestCase):
             self.assertTrue(found, process.describe(f"no line with {text!r}"))
             positions.append(found[0])
         self.assertEqual(positions, sorted(positions), process.text())
+
+
+class PluginTests(TwistdTestCase):
+    """The twistd plugin, run as a child process exactly as documented."""
 
     @defer.inlineCallbacks
     def test_demoWritesJSONLines(self) -> Steps:

@@ -21,6 +21,7 @@ from typing import Any, cast
 from twisted.internet import defer, reactor
 from twisted.logger import ILogObserver, Logger
 from twisted.words.xish import domish
+from wokkel.generic import parseXml
 
 from tests.integration.support import LOGIN, LocalServerTestCase
 from tests.test_sinks_execute import LogRecorder, isRunEnd
@@ -308,12 +309,9 @@ class JSONOutTests(PushTestCase):
         send = xs.send
 
         def recordingSend(obj: Any) -> None:
-            if (
-                isinstance(obj, domish.Element)
-                and obj.name == "iq"
-                and obj.getAttribute("type") == "result"
-            ):
-                linesAtSend[obj["id"]] = [o["id"] for o in readLines(path)]
+            if isinstance(obj, str) and obj.startswith("<iq type='result'"):
+                answer = parseXml(obj)
+                linesAtSend[answer["id"]] = [o["id"] for o in readLines(path)]
             send(obj)
 
         xs.send = recordingSend

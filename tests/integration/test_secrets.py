@@ -87,8 +87,12 @@ class TokenNeverShownTests(LocalServerTestCase):
         tlsSession.xmlstream.transport.transport.write(b"\x17\x03\x03\x00\x05HELLO")
         errors.append((yield failed))
         yield direct.whenReady()
+        liveAuthenticator = direct.streamManager.xmlstream.authenticator
         liveStream = vars(direct.streamManager.xmlstream)
-        liveState = [repr(liveStream), repr(vars(direct.authenticator))]
+        liveState = [
+            repr(liveStream),
+            repr(vars(liveAuthenticator)),
+        ]
 
         # A certificate from a CA the client does not trust.
         other = CertificateAuthority.generate("someone else's CA")
@@ -136,10 +140,11 @@ class TokenNeverShownTests(LocalServerTestCase):
         objects: list[Any] = [
             starttls,
             starttls.settings,
-            starttls.authenticator,
-            starttls.endpoint,
+            starttls.dialer,
             starttls.factory,
-            direct.authenticator,
+            starttls.jid,
+            liveAuthenticator,
+            liveAuthenticator.attempt,
             *errors,
         ]
         self.assertNoSecret(
@@ -147,7 +152,7 @@ class TokenNeverShownTests(LocalServerTestCase):
             "a repr or str",
         )
         self.assertNoSecret(
-            [repr(vars(o)) for o in (starttls, starttls.authenticator)],
+            [repr(vars(o)) for o in (starttls, starttls.dialer, starttls.factory)],
             "an object's attributes",
         )
 

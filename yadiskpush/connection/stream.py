@@ -59,6 +59,9 @@ def redactTraffic(data: bytes, secrets: Iterable[bytes] = ()) -> str:
     return redacted.decode("utf-8", "replace")
 
 
+#: Dispatched (with the stream) once our ``</stream:stream>`` went out.
+STREAM_CLOSING_EVENT = "//event/yadiskpush/stream-closing"
+
 #: The longest server-supplied text (a SASL or stream error ``<text/>``)
 #: shown in a log line; the rest is cut.
 MAX_SHOWN_TEXT = 300
@@ -201,10 +204,15 @@ class PushXmlStream(xmlstream.XmlStream):
         return self._footerSent
 
     def sendFooter(self) -> None:
-        """Send ``</stream:stream>`` once, however many paths close."""
+        """
+        Send ``</stream:stream>`` once, however many paths close, and say
+        so with :data:`STREAM_CLOSING_EVENT` (a producer registered on the
+        transport must let go now, or TLS never shuts down).
+        """
         if not self._footerSent:
             self._footerSent = True
             xmlstream.XmlStream.sendFooter(self)
+            self.dispatch(self, STREAM_CLOSING_EVENT)
 
     def reset(self) -> None:
         self._footerSent = False

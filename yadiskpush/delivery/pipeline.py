@@ -100,8 +100,9 @@ class DeliveryPipeline:
     Hands the pushes of one stream to ``deliver`` and answers each.
 
     :param deliver: hands one notification to every sink.
-    :param send: sends an answer (serialized XML) on this stream; the
-        pipeline stops sending once :meth:`close` was called.
+    :param send: ``send(iq, xml)`` sends the answer to ``iq`` on this stream
+        (at most once per request); the pipeline stops sending once
+        :meth:`close` was called.
     :param clock: runs the delivery timeout.
     :param timeout: seconds one hand-off may take before it is refused.
     :param maxWaiting: pushes allowed to wait behind the current one.
@@ -110,7 +111,7 @@ class DeliveryPipeline:
     def __init__(
         self,
         deliver: Deliver,
-        send: Callable[[str], None],
+        send: Callable[[Any, str], object],
         clock: IReactorTime,
         log: Logger,
         timeout: float = DEFAULT_DELIVERY_TIMEOUT,
@@ -146,7 +147,7 @@ class DeliveryPipeline:
                     "(the server will send them again)",
                     waiting=self.waiting,
                 )
-            self._answer(errorAnswer(iq, "resource-constraint"))
+            self._answer(iq, errorAnswer(iq, "resource-constraint"))
             return
         self._waiting.append(_Entry(iq, notification))
         self._pump()
@@ -202,7 +203,7 @@ class DeliveryPipeline:
         if isinstance(result, Failure):
             self._refuse(entry, result)
         else:
-            self._answer(resultAnswer(entry.iq))
+            self._answer(entry.iq, resultAnswer(entry.iq))
         if not self._handingOff:
             self._pump()
         return None
@@ -224,13 +225,13 @@ class DeliveryPipeline:
                 reason,
                 id=entry.notification.stanzaId,
             )
-        self._answer(errorAnswer(entry.iq, "internal-server-error"))
+        self._answer(entry.iq, errorAnswer(entry.iq, "internal-server-error"))
 
-    def _answer(self, xml: str) -> None:
+    def _answer(self, iq: Any, xml: str) -> None:
         if self._closed:
             return
         try:
-            self.send(xml)
+            self.send(iq, xml)
         except Exception:
             self.log.failure("Could not send an answer to the server")
 

@@ -17,6 +17,7 @@ from yadiskpush.delivery.pipeline import (
     DeliveryPipeline,
     errorAnswer,
 )
+from yadiskpush.handlers.guard import answersExactlyOnce, sendAnswer
 from yadiskpush.notification import NS_DISK_PUSH, Notification
 
 IQ_SET = "/iq[@type='set']"
@@ -67,7 +68,7 @@ class PushHandler(XMPPHandler):
         xs = self.xmlstream
         self.pipeline = DeliveryPipeline(
             self.onNotification,
-            lambda xml: _sendUnlessClosing(xs, xml),
+            lambda iq, xml: sendAnswer(xs, iq, xml),
             self.clock,
             self._log,
             timeout=self.deliveryTimeout,
@@ -81,6 +82,7 @@ class PushHandler(XMPPHandler):
             self.pipeline.close()
             self.pipeline = None
 
+    @answersExactlyOnce
     def onIQSet(self, iq: domish.Element) -> None:
         payload = None
         for child in iq.elements():
@@ -97,18 +99,11 @@ class PushHandler(XMPPHandler):
                 "server or your own account",
                 sender=iq.getAttribute("from"),
             )
-            _sendUnlessClosing(xs, errorAnswer(iq, "service-unavailable"))
+            sendAnswer(xs, iq, errorAnswer(iq, "service-unavailable"))
             return
-        try:
-            notification = Notification.fromStanza(iq, self.clock.seconds())
-        except Exception as e:
-            self._log.error(
-                "Could not read push {id} ({problem}); answering with an error",
-                id=iq.getAttribute("id"),
-                problem=f"{type(e).__name__}: {e}",
-            )
-            _sendUnlessClosing(xs, errorAnswer(iq, "internal-server-error"))
-            return
+        # A payload that cannot be read raises: the guard answers it with
+        # internal-server-error and one log line.
+        notification = Notification.fromStanza(iq, self.clock.seconds())
         if self.pipeline is not None:
             self.pipeline.receive(iq, notification)
 
@@ -137,16 +132,3 @@ def _acceptedSenders(xs: Any) -> tuple[str, ...]:
     if ours is None:
         return ()
     return (ours.userhost(), ours.host)
-
-
-def _sendUnlessClosing(xs: Any, xml: str) -> None:
-    # After our </stream:stream> nothing may be sent: a push delivered while
-    # the client was closing stays unacknowledged (the server will send it
-    # again), never acknowledged into the void.
-    if (
-        xs is not None
-        and xs.transport is not None
-        and xs.stream is not None
-        and not getattr(xs, "closing", False)
-    ):
-        xs.send(xml)

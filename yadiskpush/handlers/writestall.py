@@ -8,6 +8,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from yadiskpush.connection.authenticator import CONNECTION_FAILED_EVENT
+from yadiskpush.connection.stream import STREAM_CLOSING_EVENT
 from yadiskpush.errors import ServerStoppedReading
 
 
@@ -42,6 +43,14 @@ class WriteStallHandler(XMPPHandler):
     def connectionInitialized(self) -> None:
         self.paused = False
         self.xmlstream.transport.registerProducer(self, True)
+        self.xmlstream.addObserver(STREAM_CLOSING_EVENT, self._closing)
+
+    def _closing(self, xs: object) -> None:
+        # TLS does not shut down while a producer is registered: let go.
+        self._cancel()
+        transport = self.xmlstream.transport if self.xmlstream else None
+        if transport is not None:
+            transport.unregisterProducer()
 
     def connectionLost(self, reason: object) -> None:
         self._cancel()
