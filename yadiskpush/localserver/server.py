@@ -186,9 +186,9 @@ class LocalServer:
         :param reactor: where to listen; the global reactor by default.
         :param clock: timestamps and pings; ``reactor`` by default.
         :param logLevel: the lowest level of server log events passed on.
-        :param window: for :meth:`enqueue`d pushes, how many may be
+        :param window: for pushes from :meth:`enqueue`, how many may be
             unanswered on one session at a time.
-        :param redeliverDelay: for :meth:`enqueue`d pushes, seconds (on
+        :param redeliverDelay: for pushes from :meth:`enqueue`, seconds (on
             ``clock``) before one refused with an ``error`` is sent again on
             the same session.
         """
@@ -500,16 +500,16 @@ class LocalServer:
         return self.redelivery.enqueue(login, attributes, childrenXml)
 
     def unacked(self, login: str) -> list[str]:
-        """Ids of :meth:`enqueue`d pushes of ``login`` not acked yet, in order."""
+        """Ids of the pushes from :meth:`enqueue` for ``login`` not acked yet."""
         return self.redelivery.unacked(login)
 
     def whenAllAcked(self, login: str) -> defer.Deferred[None]:
-        """Fires once every :meth:`enqueue`d push of ``login`` is acked."""
+        """Fires once every push from :meth:`enqueue` for ``login`` is acked."""
         return self.redelivery.whenAllAcked(login)
 
     def pushRecord(self, pushId: str) -> PushRecord:
         """
-        The record of one :meth:`enqueue`d push: times sent and acked, the
+        The record of one push from :meth:`enqueue`: times sent and acked, the
         sessions it went to.
 
         :raises KeyError: for an id :meth:`enqueue` did not return.
