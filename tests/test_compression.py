@@ -113,6 +113,16 @@ class InitializerTests(SynchronousTestCase):
             xs.dataReceived(wire[i : i + 1])
         self.assertEqual([iq["id"] for iq in received], ["ping_1"])
 
+    def test_trafficLogShowsXMLNotZlib(self) -> None:
+        """With compression on, the traffic log gets the inflated XML."""
+        xs, transport = self._negotiate()
+        logged: list[bytes] = []
+        xs.rawDataInFn = logged.append
+        deflater = Deflater()
+        stanza = b"<iq type='get' id='ping_1'><ping xmlns='urn:xmpp:ping'/></iq>"
+        xs.dataReceived(deflater.deflate(SERVER_HEADER) + deflater.deflate(stanza))
+        self.assertEqual(b"".join(logged), SERVER_HEADER + stanza)
+
     def test_surviveStreamRestart(self) -> None:
         """After a later stream restart (SASL) zlib goes on in both directions."""
         xs, transport = self._negotiate()

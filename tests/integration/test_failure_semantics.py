@@ -7,6 +7,7 @@ around a ``see-other-host`` redirect.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Generator
 from typing import Any
@@ -15,7 +16,7 @@ from twisted.internet import defer, reactor
 
 from tests.integration.support import LOGIN, LocalServerTestCase
 from tests.integration.test_plugin import TwistdTestCase
-from yadiskpush.errors import AuthenticationFailed, CertificateError
+from yadiskpush.errors import AuthenticationFailed, CertificateError, ServiceStopped
 from yadiskpush.localserver import LocalServer
 
 Steps = Generator[defer.Deferred[Any], Any, None]
@@ -168,3 +169,51 @@ class RedirectIdentityTests(LocalServerTestCase):
         self.assertIsInstance(error, CertificateError)
         self.assertIn("'localhost'", str(error))
         self.assertEqual(len(server.eventsOf("auth")), authsBefore)
+
+
+class CertificateMessageTests(LocalServerTestCase):
+    @defer.inlineCallbacks
+    def test_expiredCertificateSaysSo(self) -> Steps:
+        """An expired certificate is reported as expired, and gets no <auth>."""
+        server = yield self.startServer()
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
+        server.tlsOptions = server.ca.issueServerCertificate(
+            ["localhost"],
+            notValidBefore=past - datetime.timedelta(days=30),
+            notValidAfter=past,
+        ).serverOptions()
+        service, policy = self.startFastClient(self.settingsFor(server, tlsPort=0))
+        error = yield service.whenConnectionFailed()
+        self.assertIsInstance(error, CertificateError)
+        self.assertIn("has expired", str(error))
+        self.assertEqual(server.eventsOf("auth"), [])
+
+
+class WaiterTests(LocalServerTestCase):
+    @defer.inlineCallbacks
+    def test_waitersFailOnStop(self) -> Steps:
+        """whenReady, whenConnectionFailed, whenGaveUp fail when the service stops."""
+        server = yield self.startServer(accounts={})
+        service = self.startClient(self.settingsFor(server, port=1, tlsPort=0))
+        waiters = [
+            service.whenReady(),
+            service.whenConnectionFailed(),
+            service.whenGaveUp(),
+        ]
+        yield service.stopService()
+        for d in waiters:
+            self.failureResultOf(d, ServiceStopped)
+
+    @defer.inlineCallbacks
+    def test_stopFromFailureCallbackStops(self) -> Steps:
+        """stopService() called by a whenConnectionFailed() callback stops it."""
+        server = yield self.startServer()
+        service, policy = self.startFastClient(self.settingsFor(server))
+        session = yield self.readySession(server, service)
+        failed = service.whenConnectionFailed()
+        failed.addCallback(lambda _: service.stopService())
+        session.drop()
+        yield failed
+        self.assertFalse(service.retrying)
+        self.assertEqual(len(server.sessions), 1)
+        self.assertEqual(policy.requested, [])
