@@ -9,6 +9,7 @@ arguments are readable by every user of the machine.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -191,9 +192,14 @@ class Options(usage.Options):
         path = self["json-out"]
         if path and path != "-":
             try:
-                with open(path, "a"):
-                    pass
+                # O_NONBLOCK: a FIFO nobody reads yet must not hang the start.
+                fd = os.open(
+                    path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666
+                )
+                os.close(fd)
             except OSError as e:
+                if e.errno == errno.ENXIO:
+                    return  # a FIFO without a reader: the sink waits for one
                 raise ConfigurationError(
                     f"cannot write --json-out {path}: {e.strerror or e}"
                 ) from None
