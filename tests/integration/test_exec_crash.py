@@ -23,18 +23,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, error, reactor, task
+from twisted.internet import defer, error, reactor
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_plugin import (
-    FILE_CHECK_INTERVAL,
     REPOSITORY,
     TWISTD,
     TWISTD_ARGS,
-    ChildExited,
     Steps,
     TwistdProcess,
-    readLines,
+    whenFileLines,
 )
 from yadiskpush.localserver import LocalServer
 
@@ -150,30 +148,8 @@ class ExecCrashTests(TestCase):
     def whenOutLines(
         self, process: TwistdProcess, count: int
     ) -> defer.Deferred[list[dict[str, Any]]]:
-        """
-        Fire with the JSON objects of the output file once it has ``count``
-        whole lines; fail if the child exits first. Nothing reports a write
-        to the file, so it is checked every few milliseconds (bounded by the
-        test timeout).
-        """
-        done: defer.Deferred[list[dict[str, Any]]] = defer.Deferred()
-
-        def check() -> None:
-            lines = readLines(str(self.out))
-            if len(lines) >= count:
-                loop.stop()
-                done.callback(lines)
-            elif process.ended.called:
-                loop.stop()
-                done.errback(
-                    ChildExited(process.describe(f"{len(lines)} of {count} lines"))
-                )
-
-        loop = task.LoopingCall(check)
-        loop.clock = reactor
-        loop.start(FILE_CHECK_INTERVAL)
-        self.addCleanup(lambda: loop.stop() if loop.running else None)
-        return done
+        """Fire with the command's output once it has ``count`` JSON lines."""
+        return whenFileLines(self, process, str(self.out), count)
 
     @defer.inlineCallbacks
     def test_sigkillDuringARunLosesNoAckedPush(self) -> Steps:

@@ -110,6 +110,35 @@ def readLines(path: str) -> list[dict[str, Any]]:
         return []
 
 
+def whenFileLines(
+    case: TestCase, process: TwistdProcess, path: str, count: int
+) -> defer.Deferred[list[dict[str, Any]]]:
+    """
+    Fire with the JSON objects of ``path`` once it has ``count`` whole
+    lines; fail if the child exits first. Nothing reports a write to the
+    file, so it is checked every few milliseconds (bounded by the test
+    timeout).
+    """
+    done: defer.Deferred[list[dict[str, Any]]] = defer.Deferred()
+
+    def check() -> None:
+        lines = readLines(path)
+        if len(lines) >= count:
+            loop.stop()
+            done.callback(lines)
+        elif process.ended.called:
+            loop.stop()
+            done.errback(
+                ChildExited(process.describe(f"{len(lines)} of {count} lines"))
+            )
+
+    loop = task.LoopingCall(check)
+    loop.clock = reactor
+    loop.start(FILE_CHECK_INTERVAL)
+    case.addCleanup(lambda: loop.stop() if loop.running else None)
+    return done
+
+
 class TwistdTestCase(TestCase):
     """Runs ``twistd`` children exactly as documented, and cleans them up."""
 
@@ -152,30 +181,8 @@ class TwistdTestCase(TestCase):
     def whenLines(
         self, process: TwistdProcess, path: str, count: int
     ) -> defer.Deferred[list[dict[str, Any]]]:
-        """
-        Fire with the JSON objects of ``path`` once it has ``count`` whole
-        lines; fail if the child exits first. Nothing reports a write to the
-        file, so it is checked every few milliseconds (bounded by the test
-        timeout).
-        """
-        done: defer.Deferred[list[dict[str, Any]]] = defer.Deferred()
-
-        def check() -> None:
-            lines = readLines(path)
-            if len(lines) >= count:
-                loop.stop()
-                done.callback(lines)
-            elif process.ended.called:
-                loop.stop()
-                done.errback(
-                    ChildExited(process.describe(f"{len(lines)} of {count} lines"))
-                )
-
-        loop = task.LoopingCall(check)
-        loop.clock = reactor
-        loop.start(FILE_CHECK_INTERVAL)
-        self.addCleanup(lambda: loop.stop() if loop.running else None)
-        return done
+        """See :func:`whenFileLines`."""
+        return whenFileLines(self, process, path, count)
 
     @defer.inlineCallbacks
     def stopCleanly(self, process: TwistdProcess, transport: Any) -> Steps:

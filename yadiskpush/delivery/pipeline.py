@@ -43,34 +43,30 @@ DEFAULT_DELIVERY_TIMEOUT = 60.0
 DEFAULT_MAX_WAITING = 1000
 
 
-def resultAnswer(iq: Any) -> str:
-    """``<iq type='result'/>`` for a request, addressed back to its sender."""
-    parts = ["<iq type='result'"]
+def _answerHead(iq: Any, answerType: str) -> str:
+    """``<iq type='…' id='…' to='…'`` for the answer to ``iq`` (unclosed)."""
+    parts = [f"<iq type='{answerType}'"]
     stanzaId = iq.getAttribute("id")
     if stanzaId is not None:
         parts.append(f" id={quoteattr(stanzaId)}")
     sender = iq.getAttribute("from")
     if sender:
         parts.append(f" to={quoteattr(sender)}")
-    parts.append("/>")
     return "".join(parts)
+
+
+def resultAnswer(iq: Any) -> str:
+    """``<iq type='result'/>`` for a request, addressed back to its sender."""
+    return _answerHead(iq, "result") + "/>"
 
 
 def errorAnswer(iq: Any, condition: str) -> str:
     """An error answer to a request, with an RFC 6120 stanza condition."""
     errorType = "wait" if condition == "resource-constraint" else "cancel"
-    parts = ["<iq type='error'"]
-    stanzaId = iq.getAttribute("id")
-    if stanzaId is not None:
-        parts.append(f" id={quoteattr(stanzaId)}")
-    sender = iq.getAttribute("from")
-    if sender:
-        parts.append(f" to={quoteattr(sender)}")
-    parts.append(
-        f"><error type={quoteattr(errorType)}><{condition} "
+    return (
+        _answerHead(iq, "error") + f"><error type='{errorType}'><{condition} "
         "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
     )
-    return "".join(parts)
 
 
 class DeliveryTimedOut(YaDiskPushError):
