@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, error, reactor
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_plugin import (
@@ -32,6 +32,7 @@ from tests.integration.test_plugin import (
     TWISTD_ARGS,
     Steps,
     TwistdProcess,
+    reapChild,
     whenFileLines,
 )
 from yadiskpush.localserver import LocalServer
@@ -134,16 +135,8 @@ class ExecCrashTests(TestCase):
             env={**self.environment, **environment},
             path=str(self.directory),
         )
-        self.addCleanup(self.reap, process, transport)
+        self.addCleanup(reapChild, process, transport)
         return process, transport
-
-    def reap(self, process: TwistdProcess, transport: Any) -> defer.Deferred[None]:
-        if not process.ended.called:
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                pass
-        return process.ended
 
     def whenOutLines(
         self, process: TwistdProcess, count: int

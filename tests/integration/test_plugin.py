@@ -110,6 +110,16 @@ def readLines(path: str) -> list[dict[str, Any]]:
         return []
 
 
+def reapChild(process: TwistdProcess, transport: Any) -> defer.Deferred[None]:
+    """Kill a child still running at cleanup; fire once it has ended."""
+    if not process.ended.called:
+        try:
+            transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+    return process.ended
+
+
 def whenFileLines(
     case: TestCase, process: TwistdProcess, path: str, count: int
 ) -> defer.Deferred[list[dict[str, Any]]]:
@@ -171,12 +181,7 @@ class TwistdTestCase(TestCase):
         return process, transport
 
     def reap(self, process: TwistdProcess, transport: Any) -> defer.Deferred[None]:
-        if not process.ended.called:
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                pass
-        return process.ended
+        return reapChild(process, transport)
 
     def whenLines(
         self, process: TwistdProcess, path: str, count: int

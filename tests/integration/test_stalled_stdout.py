@@ -72,13 +72,8 @@ class StalledStdoutTests(LocalServerTestCase):
             path=self.directory,
             childFDs={0: "w", 1: stdoutFD, 2: "r"},
         )
-        self.addCleanup(self.reap, process, transport)
+        self.addCleanup(plugin.reapChild, process, transport)
         return process, transport
-
-    def reap(self, process: plugin.TwistdProcess, transport: Any) -> Any:
-        if not process.ended.called:
-            transport.signalProcess("KILL")
-        return process.ended
 
     def whenPipeFull(
         self, writeEnd: int, process: plugin.TwistdProcess
