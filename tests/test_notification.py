@@ -254,6 +254,20 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(notification.toJSON()["raw_xml"], "<iq id='i'/>")
         self.assertIn("rawXml=" + repr("<iq id='i'/>"), repr(notification))
 
+    def test_loginTagged(self) -> None:
+        """fromStanza tags the notification with the login; toJSON puts it first."""
+        notification = Notification.fromStanza(
+            parseXml(deepStanzaText(1).encode()), 0, login="alice"
+        )
+        self.assertEqual(notification.login, "alice")
+        self.assertEqual(next(iter(notification.toJSON().items())), ("login", "alice"))
+
+    def test_loginLastAndOptional(self) -> None:
+        """Positional construction without a login still works; login is ""."""
+        notification = Notification("i", "s", "r", 1.0, "query", {}, (), "<iq/>")
+        self.assertEqual((notification.rawXml, notification.login), ("<iq/>", ""))
+        self.assertEqual(notification.toJSON()["login"], "")
+
     def test_jsonKeys(self) -> None:
         """toJSON keeps its keys; an untruncated child has no extra ones."""
         data = Notification.fromStanza(parseXml(deepStanzaText(2).encode()), 0).toJSON()
@@ -261,6 +275,7 @@ class ValueTests(SynchronousTestCase):
             sorted(data),
             sorted(
                 [
+                    "login",
                     "id",
                     "from",
                     "to",

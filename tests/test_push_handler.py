@@ -99,6 +99,21 @@ class PushTests(SynchronousTestCase):
         xs.dataReceived(pushStanza(1))
         self.assertEqual(received[0].receivedAt, 1234.5)
 
+    def test_notificationNamesItsAccount(self) -> None:
+        """Every notification carries the login the handler was made for."""
+        received: list[Notification] = []
+        handler = PushHandler(received.append, clock=Clock(), login="test")
+        xs, _ = attach(handler)
+        xs.dataReceived(pushStanza(1) + pushStanza(2))
+        self.assertEqual([n.login for n in received], ["test", "test"])
+
+    def test_loginEmptyByDefault(self) -> None:
+        """A handler made without a login tags its notifications with ""."""
+        received: list[Notification] = []
+        xs, _ = attach(PushHandler(received.append, clock=Clock()))
+        xs.dataReceived(pushStanza(1))
+        self.assertEqual(received[0].login, "")
+
 
 class PushWhileClosingTests(SynchronousTestCase):
     def test_noAckAfterFooter(self) -> None:

@@ -34,14 +34,16 @@ from yadiskpush.notification import Notification
 BIG = 4000
 
 
-def makeNotification(number: int, path: str = "/disk/file.txt") -> Notification:
-    """A push as the server sends it, numbered ``number``."""
+def makeNotification(
+    number: int, path: str = "/disk/file.txt", login: str = "user"
+) -> Notification:
+    """A push as the server sends it, numbered ``number``, for ``login``."""
     xml = (
         f"<iq type='set' id='push{number}' from='push.xmpp.yandex.ru' "
         f"to='user@ya.ru/yadiskpush'><query xmlns='yandex:push:disk' "
         f"type='disk' revision='{number}'><path>{path}</path></query></iq>"
     )
-    return Notification.fromStanza(parseXml(xml.encode("utf-8")), 1700000000.5)
+    return Notification.fromStanza(parseXml(xml.encode("utf-8")), 1700000000.5, login)
 
 
 def bigNotification(number: int) -> Notification:
@@ -192,6 +194,18 @@ class RegularFileTests(JSONLinesSinkTestCase):
             [json.loads(line) for line in lines[:-1]],
             [n.toJSON() for n in notifications],
         )
+
+    def test_everyLineNamesItsAccount(self) -> None:
+        """Each line starts with the notification's login, as its first key."""
+        sink = self.openSink()
+        for login in ("alice", "bob"):
+            self.successResultOf(sink.deliver(makeNotification(1, login=login)))
+        lines = self.readLines()[:-1]
+        self.assertEqual(
+            [json.loads(line)["login"] for line in lines], ["alice", "bob"]
+        )
+        for line in lines:
+            self.assertTrue(line.startswith('{"login": '), line)
 
     def test_appendsToExistingFile(self) -> None:
         """An existing file keeps its content; new lines go after it."""

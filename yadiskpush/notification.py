@@ -326,6 +326,9 @@ class Notification:
     :ivar rawXml: the whole IQ stanza serialized. :meth:`fromStanza` keeps
         the stanza and serializes it the first time this is read (a sink that
         only logs a summary never pays for it); the text is kept from then on.
+    :ivar login: the account the push belongs to (empty if whoever built the
+        notification did not say). Last, with a default, so that positional
+        construction written before it existed still works.
     """
 
     stanzaId: str
@@ -336,12 +339,15 @@ class Notification:
     attributes: Mapping[str, str]
     children: tuple[PushChild, ...]
     rawXml: str = _SerializedOnFirstUse()  # type: ignore[assignment]
+    login: str = ""
 
     @classmethod
-    def fromStanza(cls, iq: domish.Element, receivedAt: float) -> Notification:
+    def fromStanza(
+        cls, iq: domish.Element, receivedAt: float, login: str = ""
+    ) -> Notification:
         """
         Build a notification from an IQ set carrying a ``yandex:push:disk``
-        payload, whatever its depth.
+        payload, whatever its depth, for the account ``login``.
 
         The stanza is kept, not copied, until ``rawXml`` is first read: it
         must not be changed afterwards (nothing in this package changes a
@@ -361,11 +367,16 @@ class Notification:
             attributes=_freezeAttributes(payload),
             children=tuple(PushChild.fromElement(c) for c in payload.elements()),
             rawXml=iq,
+            login=login,
         )
 
     def toJSON(self) -> dict[str, Any]:
-        """A JSON-serializable dict with every field (used by the sinks)."""
+        """
+        A JSON-serializable dict with every field (used by the sinks),
+        ``login`` first: a consumer of many accounts dedupes by login and id.
+        """
         return {
+            "login": self.login,
             "id": self.stanzaId,
             "from": self.sender,
             "to": self.recipient,

@@ -37,7 +37,9 @@ class PushHandler(XMPPHandler):
     waiting on a stream that ended is ever answered on the next one.
 
     A push that claims to come from another account is refused: pushes may
-    start commands (``--exec``).
+    start commands (``--exec``). Every notification is tagged with ``login``,
+    the account this handler serves, so that a consumer of many accounts can
+    tell them apart.
 
     Usable on its own in any wokkel ``StreamManager``.
     """
@@ -51,6 +53,8 @@ class PushHandler(XMPPHandler):
         log: Logger | None = None,
         deliveryTimeout: float = DEFAULT_DELIVERY_TIMEOUT,
         maxWaiting: int = DEFAULT_MAX_WAITING,
+        *,
+        login: str = "",
     ) -> None:
         super().__init__()
         if clock is None:
@@ -59,6 +63,7 @@ class PushHandler(XMPPHandler):
         self.clock = clock
         self.deliveryTimeout = deliveryTimeout
         self.maxWaiting = maxWaiting
+        self.login = login
         self.pipeline: DeliveryPipeline | None = None
         self._accepted: tuple[str, ...] = ()
         if log is not None:
@@ -103,7 +108,7 @@ class PushHandler(XMPPHandler):
             return
         # A payload that cannot be read raises: the guard answers it with
         # internal-server-error and one log line.
-        notification = Notification.fromStanza(iq, self.clock.seconds())
+        notification = Notification.fromStanza(iq, self.clock.seconds(), self.login)
         if self.pipeline is not None:
             self.pipeline.receive(iq, notification)
 
