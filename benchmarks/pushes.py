@@ -1,7 +1,7 @@
 """
 Benchmark: push latency, and memory per connection, with and without zlib.
 
-Run with ``make bench``. The local server runs in a child process (so its
+Run with ``make bench-zlib``. The local server runs in a child process (so its
 memory is not counted) on loopback; this process holds the clients. Every
 figure is printed next to a ratio against a baseline measured in the same
 run, since absolute numbers on a shared machine are noise.
