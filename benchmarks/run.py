@@ -322,8 +322,10 @@ def rows(
     handshake: dict[str, Any] | None,
     idle: dict[int, dict[str, Any] | None],
     size: Size,
+    only: set[str],
 ) -> list[Row]:
-    out = [
+    """The table's rows for the experiments asked for."""
+    throughputRows = [
         Row(
             "pushes/s × slixmpp (JSON-lines sink)",
             summaryValue(throughput, "yadiskpush", "rate_vs_slixmpp_paired_median"),
@@ -371,6 +373,8 @@ def rows(
             None,
             None,
         ),
+    ]
+    handshakeRows = [
         Row(
             "connect → subscription sent × slixmpp",
             summaryValue(handshake, "yadiskpush", "vs_slixmpp_paired_median"),
@@ -386,6 +390,8 @@ def rows(
             None,
         ),
     ]
+    out = throughputRows if "throughput" in only else []
+    out += handshakeRows if "handshake" in only else []
     ydp, tw = "yadiskpush-systrust", "twisted-tuned"
     for conns, data in idle.items():
         up = summaryValue(data, ydp, "conns_up")
@@ -530,7 +536,7 @@ def main() -> int:
         )
 
     header = ["figure", "yadiskpush", "Twisted client", "slixmpp", "target", "verdict"]
-    body = [r.cells() for r in rows(throughput, handshake, idle, size)]
+    body = [r.cells() for r in rows(throughput, handshake, idle, size, only)]
     venv = os.path.join(benchDir, "venv-{}", "bin", "python").format
     report = [
         "",
