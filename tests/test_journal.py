@@ -8,22 +8,29 @@ and each test waits on the journal's Deferreds.
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import stat
 import threading
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer, reactor
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from yadiskpush.delivery import journal as journalModule
 from yadiskpush.delivery.journal import (
     JOURNAL_NAME,
+    SCHEMA_VERSION,
+    Entry,
     Journal,
     JournalClosed,
     checkJournal,
+    loginOfLine,
 )
 from yadiskpush.errors import ConfigurationError
 from yadiskpush.options import Options
@@ -33,6 +40,38 @@ from yadiskpush.statedir import ensureStateDir, resolveStateDir
 def line(number: int) -> bytes:
     """A journal entry as the --exec sink writes it: one JSON line."""
     return b'{"id": "push%d", "attributes": {}}\n' % number
+
+
+def writeSchema1(path: Path, lines: list[bytes]) -> list[int]:
+    """
+    A journal as the release before logins wrote it (schema 1: no login
+    column), holding ``lines``; returns their ids. The last entry is removed
+    after one more is added, so the next id is not simply the row count.
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "line BLOB NOT NULL)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    ids = [
+        cast(int, db.execute("INSERT INTO entries (line) VALUES (?)", (x,)).lastrowid)
+        for x in [*lines, b"consumed\n"]
+    ]
+    db.execute("DELETE FROM entries WHERE id = ?", (ids[-1],))
+    db.close()
+    return ids[:-1]
+
+
+def schemaOf(path: Path) -> tuple[int, list[str]]:
+    """The ``user_version`` of the journal at ``path`` and its columns."""
+    db = sqlite3.connect(path)
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        columns = [row[1] for row in db.execute("PRAGMA table_info(entries)")]
+    finally:
+        db.close()
+    return version, columns
 
 
 class JournalTests(TestCase):
@@ -65,12 +104,16 @@ class JournalTests(TestCase):
         journal = self.journal()
         self.assertEqual((yield journal.open()), [])
         ids = []
-        for number in range(3):
-            ids.append((yield journal.append(line(number))))
+        logins = ["alice", "", "bob"]
+        for number, login in enumerate(logins):
+            ids.append((yield journal.append(line(number), login)))
         yield journal.close()
         self.assertEqual(ids, sorted(ids))
         entries = yield self.reopened()
-        self.assertEqual(entries, [(i, line(n)) for n, i in enumerate(ids)])
+        self.assertEqual(
+            entries,
+            [Entry(i, line(n), logins[n]) for n, i in enumerate(ids)],
+        )
 
     @defer.inlineCallbacks
     def test_groupCommit(self) -> Generator[Any, Any, None]:
@@ -120,9 +163,9 @@ class JournalTests(TestCase):
         ids = yield defer.gatherResults([journal.append(line(n)) for n in range(4)])
         yield journal.remove(ids[:3])
         self.assertEqual(journal.count, 1)
-        self.assertEqual((yield journal.pending()), [(ids[3], line(3))])
+        self.assertEqual((yield journal.pending()), [Entry(ids[3], line(3))])
         yield journal.close()
-        self.assertEqual((yield self.reopened()), [(ids[3], line(3))])
+        self.assertEqual((yield self.reopened()), [Entry(ids[3], line(3))])
 
     @defer.inlineCallbacks
     def test_idsNeverReused(self) -> Generator[Any, Any, None]:
@@ -144,7 +187,7 @@ class JournalTests(TestCase):
         closed = journal.close()
         entryId = yield appended
         yield closed
-        self.assertEqual((yield self.reopened()), [(entryId, line(7))])
+        self.assertEqual((yield self.reopened()), [Entry(entryId, line(7))])
 
     @defer.inlineCallbacks
     def test_closedJournalRefuses(self) -> Generator[Any, Any, None]:
@@ -211,8 +254,138 @@ class JournalTests(TestCase):
         journal = Journal(None, reactor)
         self.addCleanup(journal.close)
         yield journal.open()
-        entryId = yield journal.append(line(1))
-        self.assertEqual((yield journal.pending()), [(entryId, line(1))])
+        entryId = yield journal.append(line(1), "alice")
+        self.assertEqual((yield journal.pending()), [Entry(entryId, line(1), "alice")])
+
+
+class JournalUpgradeTests(TestCase):
+    """A journal of the release before logins is upgraded in place, keeping
+    every entry and its order, and naming each entry's account."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp()).absolute()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.events: list[LogEvent] = []
+        self.patch(
+            Journal, "_log", Logger(observer=cast(ILogObserver, self.events.append))
+        )
+        self.lines = [
+            # As the release before logins wrote them: the login is the local
+            # part of the recipient JID.
+            b'{"id": "push1", "to": "test@ya.ru/yadiskpush-1"}\n',
+            b'{"login": "alice", "id": "push2", "to": "alice@ya.ru/r"}\n',
+            b'{"id": "push3", "to": ""}\n',
+        ]
+
+    def journal(self) -> Journal:
+        journal = Journal(self.path, reactor)
+        self.addCleanup(journal.close)
+        return journal
+
+    def upgrades(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if "Upgraded" in formatEvent(e)]
+
+    @defer.inlineCallbacks
+    def test_upgradedAtOpen(self) -> Generator[Any, Any, None]:
+        """Opening a schema 1 journal upgrades it: same ids, same order, each
+        entry's login from its line, logged once; later ids stay higher."""
+        ids = writeSchema1(self.path, self.lines)
+        journal = self.journal()
+        entries = yield journal.open()
+        self.assertEqual(
+            entries,
+            [
+                Entry(ids[0], self.lines[0], "test"),
+                Entry(ids[1], self.lines[1], "alice"),
+                Entry(ids[2], self.lines[2], ""),
+            ],
+        )
+        self.assertEqual(journal.count, 3)
+        self.assertEqual(
+            self.upgrades(),
+            [
+                f"Upgraded the journal {self.path} from schema 1 to "
+                f"{SCHEMA_VERSION}; its 3 notification(s) are kept"
+            ],
+        )
+        newId = yield journal.append(line(4), "bob")
+        # The id of the entry consumed before the upgrade is not reused.
+        self.assertGreater(newId, ids[-1] + 1)
+        yield journal.close()
+        self.assertEqual(schemaOf(self.path), (SCHEMA_VERSION, ["id", "line", "login"]))
+        again = yield self.journal().open()
+        self.assertEqual(again[-1], Entry(newId, line(4), "bob"))
+        self.assertEqual(len(self.upgrades()), 1)
+
+    def test_upgradedByTheStartupCheck(self) -> None:
+        """The startup check upgrades too, and says so (twistd shows events
+        logged before its log began)."""
+        writeSchema1(self.path, self.lines)
+        self.assertEqual(checkJournal(self.path), 3)
+        self.assertEqual(len(self.upgrades()), 1)
+        self.assertEqual(schemaOf(self.path)[0], SCHEMA_VERSION)
+        self.assertEqual(checkJournal(self.path), 3)
+        self.assertEqual(len(self.upgrades()), 1)
+
+    def test_failedUpgradeRolledBack(self) -> None:
+        """An upgrade that fails half way leaves the journal as it was, so
+        that the next start can try again; the error says what to do."""
+        ids = writeSchema1(self.path, self.lines)
+
+        def broken(line: bytes) -> str:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        self.patch(journalModule, "loginOfLine", broken)
+        error = self.assertRaises(
+            journalModule.ConfigurationError, checkJournal, self.path
+        )
+        self.assertIn("disk I/O error", str(error))
+        self.assertEqual(schemaOf(self.path), (1, ["id", "line"]))
+        db = sqlite3.connect(self.path)
+        rows = db.execute("SELECT id, line FROM entries ORDER BY id").fetchall()
+        db.close()
+        self.assertEqual(rows, list(zip(ids, self.lines, strict=True)))
+        self.assertEqual(self.upgrades(), [])
+
+    def test_newerSchemaRefused(self) -> None:
+        """A journal of a newer schema is refused, not rewritten, with a
+        sentence saying what to do."""
+        writeSchema1(self.path, self.lines)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.close()
+        error = self.assertRaises(
+            journalModule.ConfigurationError, checkJournal, self.path
+        )
+        self.assertEqual(
+            str(error),
+            f"the journal {self.path} was written by a newer version of "
+            f"yadiskpush (schema {SCHEMA_VERSION + 1}; this one reads schema "
+            f"{SCHEMA_VERSION} and older): run that version, or move the journal "
+            "away to start with an empty one (the notifications it holds are "
+            "then lost)",
+        )
+        self.assertEqual(schemaOf(self.path)[0], SCHEMA_VERSION + 1)
+
+
+class LoginOfLineTests(SynchronousTestCase):
+    """Which account an entry written before logins belongs to."""
+
+    def test_loginField(self) -> None:
+        """The line's own login wins."""
+        data = {"login": "alice", "to": "bob@ya.ru/r"}
+        self.assertEqual(loginOfLine(json.dumps(data).encode()), "alice")
+
+    def test_recipient(self) -> None:
+        """Otherwise the local part of the recipient JID."""
+        self.assertEqual(loginOfLine(b'{"to": "test@ya.ru/yadiskpush-1"}'), "test")
+
+    def test_nothingToGoOn(self) -> None:
+        """No login, no JID, or not a JSON object: the account ``""``."""
+        for data in (b'{"to": "ya.ru"}', b"[1]", b"not json", b"{}"):
+            self.assertEqual(loginOfLine(data), "")
 
 
 class StateDirTests(SynchronousTestCase):

@@ -18,6 +18,14 @@ and in the order they were made). ``append`` is group-committed: all the
 one fsync, then their Deferreds fire together, so a burst of pushes costs
 one disk flush, not one each.
 
+**Per account.** Each entry keeps the login of the account its push came
+from, so that a restart replays every account's entries to that account
+(see :class:`~yadiskpush.delivery.sinks.execute.ExecSink`). A journal of
+schema 1 (one account, no login column) is upgraded in place when opened,
+in one transaction: each entry's login is the ``login`` of its JSON line if
+it has one, else the local part of its ``to`` JID (``test`` in
+``test@ya.ru/yadiskpush``), which is the login the process served.
+
 A second process using the same journal would run the same entries twice
 and remove the other's: an exclusive ``flock`` on ``<journal>.lock`` refuses
 it with a clear error.
@@ -26,11 +34,12 @@ it with a clear error.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -42,15 +51,49 @@ from yadiskpush.errors import ConfigurationError, YaDiskPushError
 #: The journal's file name in the state directory.
 JOURNAL_NAME = "exec-journal.sqlite3"
 
-#: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+#: The schema version this code writes (``PRAGMA user_version``). 1: entries
+#: without a login (before several accounts per process); 2: with one.
+SCHEMA_VERSION = 2
 
 #: Ids deleted per statement (SQLite limits the number of parameters).
 _DELETE_CHUNK = 500
 
 _T = TypeVar("_T")
 
-Entry = tuple[int, bytes]
+
+class Entry(NamedTuple):
+    """
+    One journaled notification. Entries sort by ``entryId``, the order of
+    arrival across all accounts.
+    """
+
+    #: Unique and increasing, never reused.
+    entryId: int
+    #: The notification as one JSON line (what the command reads).
+    line: bytes
+    #: The account it belongs to (``""`` when the notification had none).
+    login: str = ""
+
+
+def loginOfLine(line: bytes) -> str:
+    """
+    The account of an entry written before the journal kept logins: the
+    ``login`` of its JSON line, else the local part of its ``to`` JID, else
+    ``""`` (also for a line that is not a JSON object).
+    """
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    login = data.get("login")
+    if isinstance(login, str) and login:
+        return login
+    recipient = data.get("to")
+    if isinstance(recipient, str) and "@" in recipient:
+        return recipient.split("@", 1)[0]
+    return ""
 
 
 class JournalError(YaDiskPushError):
@@ -77,6 +120,8 @@ class _Store:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        #: The schema an existing journal was upgraded from by :meth:`open`.
+        self.migratedFrom: int | None = None
         self._db: sqlite3.Connection | None = None
         self._lockFile: int | None = None
 
@@ -140,41 +185,84 @@ class _Store:
     def _migrate(self) -> None:
         assert self._db is not None
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{_describe(self.path)} was written by a newer version of "
+                f"yadiskpush (schema {version}; this one reads schema "
+                f"{SCHEMA_VERSION} and older): run that version, or move the "
+                "journal away to start with an empty one (the notifications it "
+                "holds are then lost)"
+            )
         if version == 0:
             tables = self._db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
             ).fetchall()
             if tables:
                 raise JournalError("it holds tables of another program")
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "CREATE TABLE entries ("
-                "id INTEGER PRIMARY KEY AUTOINCREMENT, line BLOB NOT NULL)"
-            )
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 0:
+                self._db.execute(
+                    "CREATE TABLE entries ("
+                    "id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    "line BLOB NOT NULL, login TEXT NOT NULL DEFAULT '')"
+                )
+            else:
+                self._upgradeFrom1()
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
-        elif version != SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"{_describe(self.path)} was written by another version of "
-                f"yadiskpush (schema {version}, this one reads {SCHEMA_VERSION})"
-            )
+        except BaseException:
+            self._rollback()
+            raise
+        if version != 0:
+            self.migratedFrom = version
+
+    def _upgradeFrom1(self) -> None:
+        # Schema 1 was written by a process serving one login: find it in the
+        # lines, so that the replay after the upgrade names the right account.
+        # A crash during the upgrade rolls it back; the next start redoes it.
+        assert self._db is not None
+        self._db.execute(
+            "ALTER TABLE entries ADD COLUMN login TEXT NOT NULL DEFAULT ''"
+        )
+        rows = self._db.execute("SELECT id, line FROM entries").fetchall()
+        for entryId, line in rows:
+            if isinstance(line, bytes) and (login := loginOfLine(line)):
+                self._db.execute(
+                    "UPDATE entries SET login = ? WHERE id = ?", (login, entryId)
+                )
 
     def entries(self) -> list[Entry]:
         assert self._db is not None
-        rows = self._db.execute("SELECT id, line FROM entries ORDER BY id").fetchall()
-        for entryId, line in rows:
-            if not isinstance(entryId, int) or not isinstance(line, bytes):
+        rows = self._db.execute(
+            "SELECT id, line, login FROM entries ORDER BY id"
+        ).fetchall()
+        entries = []
+        for entryId, line, login in rows:
+            if (
+                not isinstance(entryId, int)
+                or not isinstance(line, bytes)
+                or not isinstance(login, str)
+            ):
                 raise JournalError(f"entry {entryId!r} is not a notification")
-        return rows
+            entries.append(Entry(entryId, line, login))
+        return entries
 
-    def append(self, lines: Sequence[bytes]) -> list[int]:
-        """Insert ``lines`` in one transaction; return their ids, in order."""
+    def append(self, rows: Sequence[tuple[bytes, str]]) -> list[int]:
+        """
+        Insert ``rows`` (line, login) in one transaction; return their ids,
+        in order.
+        """
         db = self._openDatabase()
         try:
             db.execute("BEGIN IMMEDIATE")
             ids = []
-            for line in lines:
-                cursor = db.execute("INSERT INTO entries (line) VALUES (?)", (line,))
+            for line, login in rows:
+                cursor = db.execute(
+                    "INSERT INTO entries (line, login) VALUES (?, ?)", (line, login)
+                )
                 ids.append(cursor.lastrowid)
             db.execute("COMMIT")
         except sqlite3.Error as e:
@@ -224,7 +312,9 @@ def checkJournal(path: Path) -> int:
     """
     Open the journal at ``path`` synchronously, check it and close it again:
     for startup, so that a corrupt or locked journal is a usage error before
-    anything runs. Creates an empty journal if there is none.
+    anything runs. Creates an empty journal if there is none, and upgrades
+    one of an older schema (logged: a log event emitted before logging has
+    begun is kept and shown once it has).
 
     :returns: how many entries it holds.
     :raises ConfigurationError: as :meth:`Journal.open` does.
@@ -232,7 +322,20 @@ def checkJournal(path: Path) -> int:
     store = _Store(path)
     entries = store.open()
     store.close()
+    _logUpgrade(store, len(entries))
     return len(entries)
+
+
+def _logUpgrade(store: _Store, count: int) -> None:
+    if store.migratedFrom is not None:
+        Journal._log.info(
+            "Upgraded {journal} from schema {old} to {new}; its {count} "
+            "notification(s) are kept",
+            journal=_describe(store.path),
+            old=store.migratedFrom,
+            new=SCHEMA_VERSION,
+            count=count,
+        )
 
 
 class Journal:
@@ -266,7 +369,7 @@ class Journal:
         self._store = _Store(self.path)
         self._pool: ThreadPool | None = None
         self._shutdownTrigger: Any = None
-        self._batch: list[tuple[bytes, defer.Deferred[int]]] = []
+        self._batch: list[tuple[bytes, str, defer.Deferred[int]]] = []
         self._flushCall: Any = None
         self._opened = False
         self._closed = False
@@ -286,9 +389,11 @@ class Journal:
         Start the worker thread and open the database.
 
         :returns: a Deferred firing with the entries an earlier process left
-            (``(id, line)``, oldest first), or failing with
+            (:class:`Entry`, oldest first), or failing with
             :class:`~yadiskpush.errors.ConfigurationError` (locked, corrupt,
-            unreadable) after which the journal is closed.
+            unreadable, of a newer schema) after which the journal is
+            closed. A journal of an older schema is upgraded first, and that
+            is logged.
         """
         if self._opened or self._closed:
             raise RuntimeError(f"{self!r} was opened before")
@@ -301,6 +406,7 @@ class Journal:
 
         def opened(entries: list[Entry]) -> list[Entry]:
             self.count += len(entries)
+            _logUpgrade(self._store, len(entries))
             return entries
 
         def failed(reason: Failure) -> Failure:
@@ -310,10 +416,10 @@ class Journal:
 
         return self._call(self._store.open).addCallbacks(opened, failed)
 
-    def append(self, line: bytes) -> defer.Deferred[int]:
+    def append(self, line: bytes, login: str = "") -> defer.Deferred[int]:
         """
-        Add one entry. Every append of this reactor turn is written in one
-        transaction at the end of the turn.
+        Add one entry, of the account ``login``. Every append of this
+        reactor turn is written in one transaction at the end of the turn.
 
         :returns: a Deferred firing with the entry's id once it is on disk,
             or failing with :class:`JournalError`.
@@ -321,7 +427,7 @@ class Journal:
         if self._closed:
             return defer.fail(JournalClosed())
         d: defer.Deferred[int] = defer.Deferred()
-        self._batch.append((line, d))
+        self._batch.append((line, login, d))
         self.count += 1
         if self._flushCall is None:
             self._flushCall = self._reactor.callLater(0, self._flush)
@@ -335,20 +441,19 @@ class Journal:
 
         def written(ids: list[int]) -> None:
             self.commits += 1
-            for (_, d), entryId in zip(batch, ids, strict=True):
+            for (_, _, d), entryId in zip(batch, ids, strict=True):
                 d.callback(entryId)
 
         def failed(reason: Failure) -> None:
             self.count -= len(batch)
-            for _, d in batch:
+            for _, _, d in batch:
                 d.errback(reason)
 
-        self._call(self._store.append, [line for line, _ in batch]).addCallbacks(
-            written, failed
-        )
+        rows = [(line, login) for line, login, _ in batch]
+        self._call(self._store.append, rows).addCallbacks(written, failed)
 
     def pending(self) -> defer.Deferred[list[Entry]]:
-        """Every entry now in the journal, ``(id, line)``, oldest first."""
+        """Every entry now in the journal, oldest first."""
         if self._closed:
             return defer.fail(JournalClosed())
         return self._call(self._store.entries)
