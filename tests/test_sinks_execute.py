@@ -48,16 +48,20 @@ GATED_RUN = (
 )
 
 
-def makeNotification(number: int, extra: str = "") -> Notification:
-    """A push as the server sends it, numbered ``number`` (``extra``: more
-    attributes of its payload, as XML)."""
+#: The account of the tests' notifications unless they name another.
+LOGIN = "user"
+
+
+def makeNotification(number: int, extra: str = "", login: str = LOGIN) -> Notification:
+    """A push as the server sends it to ``login``, numbered ``number``
+    (``extra``: more attributes of its payload, as XML)."""
     xml = (
         f"<iq type='set' id='push{number}' from='push.xmpp.yandex.ru' "
-        f"to='user@ya.ru/yadiskpush'><query xmlns='yandex:push:disk' "
+        f"to='{login or 'user'}@ya.ru/yadiskpush'><query xmlns='yandex:push:disk' "
         f"type='disk' revision='{number}' new-revision='{number + 1}' {extra}>"
         f"<path>/disk/f{number}</path></query></iq>"
     )
-    return Notification.fromStanza(parseXml(xml.encode("utf-8")), 1700000000.25)
+    return Notification.fromStanza(parseXml(xml.encode("utf-8")), 1700000000.25, login)
 
 
 def lastOf(notification: Notification) -> dict[str, Any]:
@@ -161,14 +165,15 @@ class ExecSinkTests(TestCase):
         yield journal.close()
         return entries
 
-    def openGate(self) -> int:
+    def openGate(self, name: str = "gate") -> int:
         """
-        Make the FIFO that gated runs read a line from; return its write end.
+        Make the FIFO ``name`` that gated runs read a line from; return its
+        write end.
 
         The test keeps both ends open, so a child's open never blocks and a
         line written before the child reads it waits in the pipe.
         """
-        gate = os.path.join(self.dir, "gate")
+        gate = os.path.join(self.dir, name)
         os.mkfifo(gate)
         readEnd = os.open(gate, os.O_RDONLY | os.O_NONBLOCK)
         writeEnd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
@@ -202,7 +207,8 @@ class ExecSinkTests(TestCase):
         """A run reads the notification's JSON line and sees the documented
         variables, the parent's variables, and no YADISKPUSH_TOKEN."""
         self.environ["YADISKPUSH_TOKEN"] = "y0_secret"
-        self.environ["YADISKPUSH_LOGIN"] = "user"
+        self.environ["YADISKPUSH_LOGIN"] = "inherited"
+        self.environ["YADISKPUSH_OTHER"] = "inherited"
         self.environ["KEPT"] = "kept"
         sink = self.makeSink(f'cat > "$DIR/stdin"; {DUMP_ENV} "$DIR/env.json"')
         notification = makeNotification(1)
@@ -212,8 +218,9 @@ class ExecSinkTests(TestCase):
             self.assertEqual(f.read(), encodeJSONLine(notification))
         env = self.readJSON("env.json")
         self.assertNotIn("YADISKPUSH_TOKEN", env)
-        self.assertNotIn("YADISKPUSH_LOGIN", env)
+        self.assertNotIn("YADISKPUSH_OTHER", env)
         self.assertEqual(env["KEPT"], "kept")
+        self.assertEqual(env["YADISKPUSH_LOGIN"], LOGIN)
         self.assertEqual(env["YADISKPUSH_COUNT"], "1")
         self.assertEqual(env["YADISKPUSH_ID"], "push1")
         self.assertEqual(env["YADISKPUSH_FROM"], "push.xmpp.yandex.ru")
@@ -404,7 +411,7 @@ class ExecSinkTests(TestCase):
         self.assertEqual([count for count, _ in self.recordedRuns()], [1])
         entries = yield self.journaled()
         self.assertEqual(
-            [line for _, line in entries],
+            [entry.line for entry in entries],
             [encodeJSONLine(makeNotification(n)) for n in (1, 2)],
         )
         self.assertIn(
@@ -421,14 +428,14 @@ class ExecSinkTests(TestCase):
         journal = Journal(self.journalPath, reactor)
         yield journal.open()
         for notification in notifications:
-            yield journal.append(encodeJSONLine(notification))
+            yield journal.append(encodeJSONLine(notification), LOGIN)
         yield journal.close()
 
         sink = self.makeSink(f'cat > "$DIR/stdin"; {DUMP_ENV} "$DIR/env.json"')
         yield sink.start()
         (end,) = yield self.recorder.waitFor(isRunEnd)
         self.assertIn(
-            "Replaying 3 notification(s) journaled before a restart",
+            "Replaying 3 notification(s) journaled before a restart, for 1 account(s)",
             self.recorder.texts(),
         )
         self.assertEqual(end["count"], 3)
@@ -437,6 +444,7 @@ class ExecSinkTests(TestCase):
                 f.read(), b"".join(encodeJSONLine(n) for n in notifications)
             )
         env = self.readJSON("env.json")
+        self.assertEqual(env["YADISKPUSH_LOGIN"], LOGIN)
         self.assertEqual(env["YADISKPUSH_COUNT"], "3")
         self.assertEqual(env["YADISKPUSH_ID"], "push2")
         self.assertEqual(env["YADISKPUSH_ATTR_REVISION"], "2")
@@ -463,7 +471,7 @@ class ExecSinkTests(TestCase):
         self.assertIn("stay journaled for the next start", formatEvent(end))
         entries = yield self.journaled()
         self.assertEqual(
-            [line for _, line in entries], [encodeJSONLine(makeNotification(1))]
+            [entry.line for entry in entries], [encodeJSONLine(makeNotification(1))]
         )
         # The background sleep was in the group, and is gone too (at most
         # a zombie, which its new parent may take a while to reap).
@@ -559,6 +567,67 @@ class ExecSinkTests(TestCase):
         self.assertEqual(len(errors), 1)
         self.assertEqual(sink.runs, 0)
 
+    @defer.inlineCallbacks
+    def test_accountsInParallel(self) -> Generator[Any, Any, None]:
+        """Real runs of three accounts with two slots: two run at once, the
+        third waits for a slot, each run reads only its account's pushes
+        and sees its login in YADISKPUSH_LOGIN."""
+        logins = ["alice", "bob", "carol"]
+        gates = {login: self.openGate(f"gate.{login}") for login in logins}
+        # Records its stdin in a file named by its login and pid, then waits
+        # for a line on its account's gate.
+        command = (
+            'f="$DIR/run.$YADISKPUSH_LOGIN.$$"; cat > "$f.json"; '
+            'read -r line < "$DIR/gate.$YADISKPUSH_LOGIN"'
+        )
+        sink = self.makeSink(command, timeout=None, maxJobs=2)
+        for number, login in enumerate(logins):
+            yield sink.deliver(makeNotification(number, login=login))
+        self.assertEqual((sink.runs, sink.running, sink.waiting), (2, 2, 1))
+        # Alice's next pushes wait for her run; carol is first for a slot.
+        yield defer.gatherResults(
+            [sink.deliver(makeNotification(n, login="alice")) for n in (3, 4)]
+        )
+        os.write(gates["alice"], b"go\n")
+        yield self.recorder.waitFor(isRunEnd)
+        self.assertEqual((sink.runs, sink.running, sink.waiting), (3, 2, 1))
+        for login in ("bob", "carol", "alice"):
+            os.write(gates[login], b"go\n")
+        yield self.recorder.waitFor(isRunEnd, 4)
+        yield sink.close()
+
+        starts = self.recorder.matching(
+            lambda e: "Running the command" in formatEvent(e)
+        )
+        self.assertEqual(
+            [e["login"] for e in starts], ["alice", "bob", "carol", "alice"]
+        )
+        # Counted from the log, in order: never more than two runs going.
+        going = peak = 0
+        for event in self.recorder.events:
+            if event in starts:
+                going += 1
+            elif isRunEnd(event):
+                going -= 1
+            peak = max(peak, going)
+        self.assertEqual(peak, 2)
+        runs: dict[str, list[list[str]]] = {}
+        for name in sorted(os.listdir(self.dir)):
+            if name.startswith("run."):
+                login = name.split(".")[1]
+                with open(os.path.join(self.dir, name), encoding="utf-8") as f:
+                    ids = [json.loads(line)["id"] for line in f]
+                runs.setdefault(login, []).append(ids)
+        self.assertEqual(
+            {login: sorted(r) for login, r in runs.items()},
+            {
+                "alice": [["push0"], ["push3", "push4"]],
+                "bob": [["push1"]],
+                "carol": [["push2"]],
+            },
+        )
+        self.assertEqual((yield self.journaled()), [])
+
     def test_emptyCommandRefused(self) -> None:
         """An empty command is a ValueError at construction."""
         self.assertRaises(ValueError, ExecSink, "  ", None)
@@ -585,10 +654,21 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertEqual(env["HOME"], "/home/u")
         self.assertEqual(env["YADISKPUSH_COUNT"], "2")
         self.assertEqual(env["YADISKPUSH_ID"], "push2")
+        self.assertEqual(env["YADISKPUSH_LOGIN"], LOGIN)
         self.assertEqual(env["YADISKPUSH_ATTR_REVISION"], "2")
         self.assertEqual(env["YADISKPUSH_RECEIVED_AT"], repr(1700000000.25))
         self.assertNotIn("YADISKPUSH_TOKEN", env)
         self.assertEqual(leftOut, [])
+
+    def test_login(self) -> None:
+        """YADISKPUSH_LOGIN is the run's account, or by default the login of
+        the notification described; a parent's value never gets through."""
+        last = {**lastOf(makeNotification(1)), "login": "from-line"}
+        parent = {"YADISKPUSH_LOGIN": "parent"}
+        env, _ = childEnvironment(last, 1, parent)
+        self.assertEqual(env["YADISKPUSH_LOGIN"], "from-line")
+        env, _ = childEnvironment(last, 1, parent, login="alice")
+        self.assertEqual(env["YADISKPUSH_LOGIN"], "alice")
 
     def test_longValueLeftOut(self) -> None:
         """A value longer than maxValue bytes (UTF-8) is left out and named."""
@@ -651,23 +731,54 @@ class FakeTransport:
 class FakeProcessReactor(task.Clock):
     """
     A clock whose ``spawnProcess`` raises the errors queued in ``failures``
-    first, then records the spawn and returns a :class:`FakeTransport`.
+    first (or the one in ``failFor`` for the run's ``YADISKPUSH_LOGIN``),
+    then records the spawn and returns a :class:`FakeTransport`.
+
+    It counts the processes that have started and not ended (see
+    :meth:`endProcess`): the most at once in ``peak``, and in ``overlaps``
+    each login a process was started for while one of its own was going.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.failures: list[Exception] = []
+        self.failFor: dict[str, Exception] = {}
         self.spawned: list[tuple[Any, FakeTransport, dict[str, str]]] = []
+        self.live: dict[Any, str] = {}
+        self.peak = 0
+        self.overlaps: list[str] = []
 
     def spawnProcess(
         self, protocol: Any, executable: str, args: list[str], env: Any, path: Any
     ) -> FakeTransport:
+        login = env["YADISKPUSH_LOGIN"]
         if self.failures:
             raise self.failures.pop(0)
+        if login in self.failFor:
+            raise self.failFor[login]
+        if login in self.live.values():
+            self.overlaps.append(login)
         transport = FakeTransport()
         self.spawned.append((protocol, transport, env))
+        self.live[protocol] = login
+        self.peak = max(self.peak, len(self.live))
         protocol.makeConnection(transport)
         return transport
+
+    def endProcess(self, index: int, reason: Failure) -> None:
+        """The process of the ``index``-th spawn exits and its pipes close."""
+        protocol, _, _ = self.spawned[index]
+        del self.live[protocol]
+        protocol.processEnded(reason)
+
+    def logins(self) -> list[str]:
+        """The ``YADISKPUSH_LOGIN`` of every spawn, in order."""
+        return [env["YADISKPUSH_LOGIN"] for _, _, env in self.spawned]
+
+    def stdinIds(self, index: int) -> list[str]:
+        """The push ids the ``index``-th spawn read on standard input."""
+        _, transport, _ = self.spawned[index]
+        return [json.loads(line)["id"] for line in transport.written.splitlines()]
 
 
 class FakeJournal:
@@ -684,15 +795,17 @@ class FakeJournal:
         self.held: list[defer.Deferred[int]] = []
         self.failure: Exception | None = None
         self.removed: list[int] = []
+        self.logins: list[str] = []
         self.closed = False
-        self._nextId = max((i for i, _ in self.leftovers), default=0) + 1
+        self._nextId = max((e.entryId for e in self.leftovers), default=0) + 1
 
     def open(self) -> defer.Deferred[list[Entry]]:
         return defer.succeed(list(self.leftovers))
 
-    def append(self, line: bytes) -> defer.Deferred[int]:
+    def append(self, line: bytes, login: str = "") -> defer.Deferred[int]:
         if self.failure is not None:
             return defer.fail(self.failure)
+        self.logins.append(login)
         self.count += 1
         entryId, self._nextId = self._nextId, self._nextId + 1
         if self.hold:
@@ -740,8 +853,7 @@ class ExecSinkClockTests(TestCase):
 
     def endRun(self, index: int, reason: Failure | None = None) -> None:
         """The process of the ``index``-th spawn exits and its pipes close."""
-        protocol, _, _ = self.reactor.spawned[index]
-        protocol.processEnded(reason or exited())
+        self.reactor.endProcess(index, reason or exited())
 
     def test_ackWaitsForTheJournal(self) -> None:
         """deliver fires only once the journal has the push on disk, and no
@@ -818,11 +930,11 @@ class ExecSinkClockTests(TestCase):
     def test_replayedFirst(self) -> None:
         """Entries left by an earlier process run at start, before new ones."""
         leftover = encodeJSONLine(makeNotification(1))
-        self.journal = FakeJournal([(7, leftover)])
+        self.journal = FakeJournal([Entry(7, leftover, LOGIN)])
         sink = self.makeSink()
         self.successResultOf(sink.start())
         self.assertIn(
-            "Replaying 1 notification(s) journaled before a restart",
+            "Replaying 1 notification(s) journaled before a restart, for 1 account(s)",
             self.recorder.texts(),
         )
         self.successResultOf(sink.deliver(makeNotification(2)))
@@ -890,3 +1002,223 @@ class ExecSinkClockTests(TestCase):
         )
         self.assertEqual(self.journal.removed, [])
         self.assertTrue(self.journal.closed)
+
+
+class AccountsClockTests(TestCase):
+    """Runs per account, at most maxJobs at once, fair between accounts, on
+    a fake process launcher: every spawn and exit is the test's move."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.journal = FakeJournal()
+        self.recorder = LogRecorder()
+
+    def makeSink(self, **kwargs: Any) -> ExecSink:
+        kwargs.setdefault("journal", self.journal)
+        return ExecSink(
+            "cat",
+            None,
+            reactor=self.reactor,
+            environ={"PATH": "/bin"},
+            log=Logger(observer=cast(ILogObserver, self.recorder)),
+            **kwargs,
+        )
+
+    def deliver(self, sink: ExecSink, login: str, *numbers: int) -> None:
+        """Deliver the pushes ``numbers`` of ``login``, each journaled."""
+        for number in numbers:
+            self.successResultOf(sink.deliver(makeNotification(number, login=login)))
+
+    def endRun(self, index: int, reason: Failure | None = None) -> None:
+        self.reactor.endProcess(index, reason or exited())
+
+    def test_maxJobsAtLeastOne(self) -> None:
+        """maxJobs below 1 is a ValueError at construction."""
+        self.assertRaises(ValueError, ExecSink, "true", None, maxJobs=0)
+
+    def test_loginJournaled(self) -> None:
+        """Each push is journaled with the login of its notification."""
+        sink = self.makeSink()
+        self.deliver(sink, "alice", 1)
+        self.deliver(sink, "bob", 2)
+        self.assertEqual(self.journal.logins, ["alice", "bob"])
+
+    def test_coalescedPerLogin(self) -> None:
+        """Pushes arriving during an account's run go to one follow-up run of
+        that account; a run never carries another account's pushes, and its
+        YADISKPUSH_LOGIN names its account."""
+        sink = self.makeSink(maxJobs=4)
+        self.deliver(sink, "alice", 1)
+        self.deliver(sink, "bob", 2)
+        self.deliver(sink, "alice", 3, 4)
+        self.deliver(sink, "bob", 5)
+        self.deliver(sink, "alice", 6)
+        self.assertEqual(self.reactor.logins(), ["alice", "bob"])
+
+        self.endRun(0)
+        self.assertEqual(self.reactor.logins(), ["alice", "bob", "alice"])
+        self.assertEqual(self.reactor.stdinIds(2), ["push3", "push4", "push6"])
+        self.endRun(1)
+        self.assertEqual(self.reactor.logins(), ["alice", "bob", "alice", "bob"])
+        self.assertEqual(self.reactor.stdinIds(3), ["push5"])
+
+        _, _, env = self.reactor.spawned[2]
+        self.assertEqual(env["YADISKPUSH_COUNT"], "3")
+        self.assertEqual(env["YADISKPUSH_ID"], "push6")
+        self.assertEqual(self.reactor.overlaps, [])
+        self.assertEqual(sink.runs, 4)
+        texts = self.recorder.texts()
+        self.assertIn(
+            "Running the command for 3 notification(s) of alice up to push push6",
+            texts,
+        )
+
+    def test_accountWithoutLogin(self) -> None:
+        """Notifications without a login are an account of their own, with
+        an empty YADISKPUSH_LOGIN, and the log does not name an account."""
+        sink = self.makeSink()
+        self.deliver(sink, "", 1)
+        self.deliver(sink, "alice", 2)
+        self.assertEqual(self.reactor.logins(), ["", "alice"])
+        self.assertIn(
+            "Running the command for 1 notification(s) up to push push1",
+            self.recorder.texts(),
+        )
+
+    def test_neverMoreThanMaxJobs(self) -> None:
+        """With 3 slots and 20 busy accounts, no more than 3 runs are ever
+        going, no account runs twice at once, and every push is run."""
+        sink = self.makeSink(maxJobs=3)
+        logins = [f"user{n:02}" for n in range(20)]
+        for n, login in enumerate(logins):
+            self.deliver(sink, login, n)
+        self.assertEqual(len(self.reactor.live), 3)
+        self.assertEqual(sink.running, 3)
+        self.assertEqual(sink.waiting, 17)
+        # End runs one by one, more pushes arriving all the while.
+        ended = 0
+        number = 100
+        while self.reactor.live:
+            index = next(
+                i
+                for i, (p, _, _) in enumerate(self.reactor.spawned)
+                if p in self.reactor.live
+            )
+            self.endRun(index)
+            ended += 1
+            if ended < 30:
+                self.deliver(sink, logins[ended % 20], number)
+                self.deliver(sink, logins[(ended * 7) % 20], number + 1)
+                number += 2
+            self.assertLessEqual(len(self.reactor.live), 3)
+        self.assertEqual(self.reactor.peak, 3)
+        self.assertEqual(self.reactor.overlaps, [])
+        self.assertEqual(sink.running, 0)
+        self.assertEqual(sink.waiting, 0)
+        ran = sorted(
+            i
+            for n in range(len(self.reactor.spawned))
+            for i in self.reactor.stdinIds(n)
+        )
+        self.assertEqual(len(ran), 20 + 2 * 29)
+        self.assertEqual(len(set(ran)), len(ran))
+        self.assertEqual(self.journal.count, 0)
+        # Quiet accounts cost nothing once their runs are over.
+        self.assertEqual(sink._accounts, {})
+
+    def test_fairness(self) -> None:
+        """Accounts waiting for a slot get it in the order they became ready:
+        an account pushing all the time goes to the back after each run."""
+        sink = self.makeSink(maxJobs=1)
+        self.deliver(sink, "alice", 1)
+        self.deliver(sink, "bob", 2)
+        self.deliver(sink, "carol", 3)
+        self.deliver(sink, "alice", 4)
+        self.assertEqual(self.reactor.logins(), ["alice"])
+        self.endRun(0)
+        self.deliver(sink, "alice", 5)
+        self.deliver(sink, "dave", 6)
+        self.endRun(1)
+        self.endRun(2)
+        self.endRun(3)
+        self.endRun(4)
+        self.assertEqual(
+            self.reactor.logins(), ["alice", "bob", "carol", "alice", "dave"]
+        )
+        self.assertEqual(self.reactor.stdinIds(3), ["push4", "push5"])
+        self.assertEqual(self.reactor.peak, 1)
+
+    def test_replayGroupedByLogin(self) -> None:
+        """Entries left by an earlier process run per login, each login's in
+        one run in journal order, the logins in the order of their oldest
+        entry, before any new push."""
+        lines = {n: encodeJSONLine(makeNotification(n)) for n in range(1, 6)}
+        self.journal = FakeJournal(
+            [
+                Entry(1, lines[1], "alice"),
+                Entry(2, lines[2], "bob"),
+                Entry(3, lines[3], "alice"),
+                Entry(4, lines[4], ""),
+                Entry(5, lines[5], "bob"),
+            ]
+        )
+        sink = self.makeSink(maxJobs=1)
+        self.deliver(sink, "carol", 9)
+        self.assertIn(
+            "Replaying 5 notification(s) journaled before a restart, for 3 account(s)",
+            self.recorder.texts(),
+        )
+        for index in range(3):
+            self.endRun(index)
+        self.assertEqual(self.reactor.logins(), ["alice", "bob", "", "carol"])
+        self.assertEqual(
+            [self.reactor.stdinIds(i) for i in range(4)],
+            [["push1", "push3"], ["push2", "push5"], ["push4"], ["push9"]],
+        )
+        self.assertEqual(sorted(self.journal.removed), [1, 2, 3, 4, 5])
+
+    def test_spawnFailureOfOneAccount(self) -> None:
+        """An account whose command cannot start is retried on its own; the
+        slot goes to the next account meanwhile."""
+        self.reactor.failFor["alice"] = OSError(errno.E2BIG, "Argument list too long")
+        sink = self.makeSink(maxJobs=1)
+        self.deliver(sink, "alice", 1)
+        self.deliver(sink, "bob", 2)
+        self.assertEqual(self.reactor.logins(), ["bob"])
+        (failure,) = self.recorder.matching(lambda e: "spawnFailed" in e)
+        self.assertEqual(failure["login"], "alice")
+        self.assertIn("Could not start the command for alice", formatEvent(failure))
+        del self.reactor.failFor["alice"]
+        self.reactor.advance(5)
+        # The slot is bob's until his run ends.
+        self.assertEqual(self.reactor.logins(), ["bob"])
+        self.endRun(0)
+        self.assertEqual(self.reactor.logins(), ["bob", "alice"])
+        self.assertEqual(self.reactor.stdinIds(1), ["push1"])
+
+    def test_closeStopsEveryRun(self) -> None:
+        """close() gives every run in progress the same grace, then stops
+        each; queued accounts are not started; close stays bounded."""
+        sink = self.makeSink(maxJobs=2, closeGrace=5, killGrace=2)
+        self.deliver(sink, "alice", 1)
+        self.deliver(sink, "bob", 2)
+        self.deliver(sink, "carol", 3)
+        closed = sink.close()
+        self.reactor.advance(5)
+        for _, transport, _ in self.reactor.spawned:
+            self.assertEqual(transport.signals, [signal.SIGTERM])
+        self.endRun(0, exited(signalNumber=signal.SIGTERM))
+        self.assertNoResult(closed)
+        self.reactor.advance(2)
+        self.assertEqual(
+            self.reactor.spawned[1][1].signals, [signal.SIGTERM, signal.SIGKILL]
+        )
+        self.endRun(1, exited(signalNumber=signal.SIGKILL))
+        self.successResultOf(closed)
+        self.assertEqual(self.reactor.logins(), ["alice", "bob"])
+        self.assertEqual(self.journal.removed, [])
+        self.assertIn(
+            "3 notification(s) stay journaled; they go to the command at the "
+            "next start",
+            self.recorder.texts(),
+        )

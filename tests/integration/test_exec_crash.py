@@ -1,7 +1,9 @@
 """
 ``twistd yadiskpush --exec`` killed with SIGKILL while a run is in progress,
 then started again: every push the server saw acknowledged reaches the
-command (duplicates allowed, losses not).
+command (duplicates allowed, losses not), with its account in
+``YADISKPUSH_LOGIN``. And a journal the release before logins left behind is
+upgraded at startup and replayed to its account.
 
 The real ``twistd`` child (as in ``test_plugin``) against a
 :class:`~yadiskpush.localserver.LocalServer` in the test process, over
@@ -14,10 +16,12 @@ answers and a bounded check of the output file; nothing sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -35,16 +39,17 @@ from tests.integration.test_plugin import (
     reapChild,
     whenFileLines,
 )
+from yadiskpush.delivery.journal import JOURNAL_NAME
 from yadiskpush.localserver import LocalServer
 
 LOGIN = "test"
 PUSHES = 200
 
-#: Records its process group, appends its stdin to $OUT, and, when $GATE is
-#: set, waits for a line on that FIFO.
+#: Records its process group and its YADISKPUSH_LOGIN, appends its stdin to
+#: $OUT, and, when $GATE is set, waits for a line on that FIFO.
 COMMAND = (
-    'echo "$$" >> "$PIDS"; cat >> "$OUT"; '
-    'if [ -n "$GATE" ]; then read -r line < "$GATE"; fi'
+    'echo "$$" >> "$PIDS"; echo "$YADISKPUSH_LOGIN" >> "$LOGINS"; '
+    'cat >> "$OUT"; if [ -n "$GATE" ]; then read -r line < "$GATE"; fi'
 )
 
 
@@ -60,6 +65,7 @@ class ExecCrashTests(TestCase):
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.out = self.directory / "out.jsonl"
         self.pids = self.directory / "pids"
+        self.logins = self.directory / "logins"
         self.stateDir = self.directory / "state"
         self.token = "y0_" + secrets.token_urlsafe(32)
         self.tokenFile = self.directory / "token"
@@ -72,6 +78,7 @@ class ExecCrashTests(TestCase):
             "LANG": "C.UTF-8",
             "OUT": str(self.out),
             "PIDS": str(self.pids),
+            "LOGINS": str(self.logins),
         }
         # Runs the first child left behind: its SIGKILL does not reach them.
         self.addCleanup(self.killRuns)
@@ -187,6 +194,9 @@ class ExecCrashTests(TestCase):
         self.assertEqual(len(lines), PUSHES + 1)
         # Replayed in the order they were acknowledged.
         self.assertEqual([o["id"] for o in lines[1:]], acked)
+        # Every run, the replay included, was for the one account.
+        self.assertEqual({o["login"] for o in lines}, {LOGIN})
+        self.assertEqual(set(self.logins.read_text().split()), {LOGIN})
 
         # Consumed: a clean stop leaves nothing journaled.
         secondTransport.signalProcess(signal.SIGTERM)
@@ -198,3 +208,52 @@ class ExecCrashTests(TestCase):
             if "sinks.execute" in line and ("#error]" in line or "#critical]" in line)
         ]
         self.assertEqual(sinkProblems, [], second.text())
+
+    def writeSchema1Journal(self, lines: list[bytes]) -> None:
+        """Leave in the state directory a journal as the release before
+        logins wrote it: schema 1, no login column."""
+        self.stateDir.mkdir(mode=0o700)
+        db = sqlite3.connect(self.stateDir / JOURNAL_NAME, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(
+            "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "line BLOB NOT NULL)"
+        )
+        db.execute("PRAGMA user_version = 1")
+        for line in lines:
+            db.execute("INSERT INTO entries (line) VALUES (?)", (line,))
+        db.close()
+
+    @defer.inlineCallbacks
+    def test_journalOfThePreviousReleaseReplayed(self) -> Steps:
+        """A schema 1 journal is upgraded at startup (logged), and its
+        notifications go to the command in one run, in order, with the
+        account they were pushed to in YADISKPUSH_LOGIN."""
+        old = [
+            {
+                "id": f"old{n}",
+                "from": "test@ya.ru",
+                "to": f"{LOGIN}@ya.ru/yadiskpush-0123abcd",
+                "received_at": 1795537935.25,
+                "element": "query",
+                "attributes": {"type": "diff", "revision": str(n)},
+                "children": [],
+                "raw_xml": "<iq/>",
+            }
+            for n in range(3)
+        ]
+        self.writeSchema1Journal([json.dumps(o).encode() + b"\n" for o in old])
+        server = yield self.startServer()
+        process, transport = self.spawnClient(server)
+        yield process.whenLine("from schema 1 to 2; its 3 notification(s) are kept")
+        yield process.whenLine(
+            "Replaying 3 notification(s) journaled before a restart, for 1 account(s)"
+        )
+        lines = yield self.whenOutLines(process, 3)
+        yield process.whenLine("The command finished after")
+        self.assertEqual(lines, old)
+        self.assertEqual(self.logins.read_text().split(), [LOGIN])
+
+        transport.signalProcess(signal.SIGTERM)
+        yield process.ended
+        self.assertNotIn("stay journaled", process.text())

@@ -1,7 +1,8 @@
 """
-Runs a shell command for notifications: one run at a time, with the pushes
-that arrive during a run coalesced into one follow-up run, and every
-acknowledged push kept in a journal until a run has consumed it.
+Runs a shell command for notifications: one run at a time per account and
+a bounded number across accounts, with the pushes of an account that arrive
+during its run coalesced into one follow-up run, and every acknowledged push
+kept in a journal until a run has consumed it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import signal
 import sys
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +77,7 @@ def childEnvironment(
     count: int,
     parent: Mapping[str, str],
     *,
+    login: str | None = None,
     maxValue: int = MAX_ENV_VALUE,
     maxTotal: int = MAX_ENV_TOTAL,
 ) -> tuple[dict[str, str], list[str]]:
@@ -96,6 +99,8 @@ def childEnvironment(
     is still on the run's standard input.
 
     :param count: how many notifications the run reads.
+    :param login: the account of the run, for ``YADISKPUSH_LOGIN``; by
+        default the ``login`` of ``last``.
     :returns: the environment, and the names of the variables left out.
     """
     env = {
@@ -103,7 +108,10 @@ def childEnvironment(
         for name, value in parent.items()
         if name != TOKEN_VARIABLE and not name.startswith(ENV_PREFIX)
     }
+    if login is None:
+        login = str(last.get("login", ""))
     fixed = {
+        "YADISKPUSH_LOGIN": login,
         "YADISKPUSH_COUNT": str(count),
         "YADISKPUSH_ID": str(last.get("id", "")),
         "YADISKPUSH_FROM": str(last.get("from", "")),
@@ -191,8 +199,11 @@ class _Event:
 
 class _Run(ProcessProtocol):
     """
-    One run of the command: feeds it its journal entries, logs its output
-    and exit, and enforces the timeout (and the stop on shutdown).
+    One run of the command for one account: feeds it its journal entries,
+    logs its output and exit, and enforces the timeout (and the stop on
+    shutdown). Every event it logs has a ``login`` field, and its text names
+    the account (when it has a login), since runs of several accounts may
+    interleave in the log.
 
     ``done`` happens when the run is over for the sink: the shell has exited
     (and, after a timeout or a stop, its process group is gone or has been
@@ -202,13 +213,21 @@ class _Run(ProcessProtocol):
     """
 
     def __init__(
-        self, sink: ExecSink, entries: list[Entry], last: Mapping[str, Any]
+        self,
+        sink: ExecSink,
+        login: str,
+        entries: list[Entry],
+        last: Mapping[str, Any],
     ) -> None:
         self.sink = sink
         self.reactor = sink.reactor
         self.log = sink._log
-        self.entryIds = [entryId for entryId, _ in entries]
-        self.stdinData = b"".join(line for _, line in entries)
+        self.login = login
+        # Message fragments: " for alice", " of alice"; empty without a login.
+        self.forAccount = f" for {login}" if login else ""
+        self.ofAccount = f" of {login}" if login else ""
+        self.entryIds = [entry.entryId for entry in entries]
+        self.stdinData = b"".join(entry.line for entry in entries)
         self.count = len(entries)
         self.lastId = str(last.get("id", ""))
         #: Stopped by close(): its entries stay journaled for the next start.
@@ -249,8 +268,11 @@ class _Run(ProcessProtocol):
         self._timeoutCall = None
         self.timedOut = True
         self.log.warn(
-            "The command has run for {timeout:g} s, its timeout; stopping it",
+            "The command{forAccount} has run for {timeout:g} s, its timeout; "
+            "stopping it",
             timeout=self.sink.timeout,
+            forAccount=self.forAccount,
+            login=self.login,
         )
         self._signal(signal.SIGTERM)
         self._killCall = self.reactor.callLater(self.sink.killGrace, self._kill)
@@ -268,11 +290,13 @@ class _Run(ProcessProtocol):
             self._timeoutCall.cancel()
             self._timeoutCall = None
         self.log.warn(
-            "The command is still running {grace:g} s after the service began "
-            "to stop; stopping it (its {count} notification(s) stay journaled "
-            "for the next start)",
+            "The command{forAccount} is still running {grace:g} s after the "
+            "service began to stop; stopping it (its {count} notification(s) "
+            "stay journaled for the next start)",
             grace=self.sink.closeGrace,
             count=self.count,
+            forAccount=self.forAccount,
+            login=self.login,
         )
         self._signal(signal.SIGTERM)
         self._killCall = self.reactor.callLater(self.sink.killGrace, self._kill)
@@ -283,9 +307,18 @@ class _Run(ProcessProtocol):
             self._pollCall.cancel()
             self._pollCall = None
         if self.leaderExited:
-            self.log.warn("Processes the command started ignored SIGTERM; killing them")
+            self.log.warn(
+                "Processes the command{forAccount} started ignored SIGTERM; "
+                "killing them",
+                forAccount=self.forAccount,
+                login=self.login,
+            )
         else:
-            self.log.warn("The command ignored SIGTERM; killing it")
+            self.log.warn(
+                "The command{forAccount} ignored SIGTERM; killing it",
+                forAccount=self.forAccount,
+                login=self.login,
+            )
         self._signal(signal.SIGKILL)
         if self.leaderExited:
             self._finish()
@@ -354,6 +387,9 @@ class _Run(ProcessProtocol):
             duration=duration,
             count=self.count,
             id=self.lastId,
+            login=self.login,
+            forAccount=self.forAccount,
+            ofAccount=self.ofAccount,
         )
         if self.stoppedByShutdown:
             how = (
@@ -362,9 +398,9 @@ class _Run(ProcessProtocol):
                 else f"exit status {exitStatus}"
             )
             self.log.warn(
-                "The command was stopped for the shutdown ({how}); its {count} "
-                "notification(s) up to push {id} stay journaled for the next "
-                "start",
+                "The command{forAccount} was stopped for the shutdown ({how}); "
+                "its {count} notification(s) up to push {id} stay journaled for "
+                "the next start",
                 how=how,
                 stoppedByShutdown=True,
                 **fields,
@@ -377,7 +413,7 @@ class _Run(ProcessProtocol):
             )
             self.log.warn(
                 "The command timed out after {timeout:g} s and was stopped "
-                "({how}); {count} notification(s) up to push {id}",
+                "({how}); {count} notification(s){ofAccount} up to push {id}",
                 timeout=self.sink.timeout,
                 how=how,
                 **fields,
@@ -385,19 +421,20 @@ class _Run(ProcessProtocol):
         elif signalNumber:
             self.log.warn(
                 "The command was killed by {signalName} after {duration:.2f} s; "
-                "{count} notification(s) up to push {id}",
+                "{count} notification(s){ofAccount} up to push {id}",
                 **fields,
             )
         elif exitStatus:
             self.log.warn(
                 "The command failed with exit status {exitStatus} after "
-                "{duration:.2f} s; {count} notification(s) up to push {id}",
+                "{duration:.2f} s; {count} notification(s){ofAccount} up to "
+                "push {id}",
                 **fields,
             )
         else:
             self.log.info(
                 "The command finished after {duration:.2f} s; "
-                "{count} notification(s) up to push {id}",
+                "{count} notification(s){ofAccount} up to push {id}",
                 **fields,
             )
         self.done.fire()
@@ -409,8 +446,11 @@ class _Run(ProcessProtocol):
             self._flushPartialLine(fd)
         if self._linesSuppressed:
             self.log.warn(
-                "{suppressed} more line(s) of command output were not logged",
+                "{suppressed} more line(s) of command output{forAccount} were "
+                "not logged",
                 suppressed=self._linesSuppressed,
+                forAccount=self.forAccount,
+                login=self.login,
             )
         if self._abandonCall is not None and self._abandonCall.active():
             self._abandonCall.cancel()
@@ -431,8 +471,10 @@ class _Run(ProcessProtocol):
     def _abandonOutput(self) -> None:
         self._abandonCall = None
         self.log.warn(
-            "A process the command left running still holds its output; "
-            "no longer reading it"
+            "A process the command{forAccount} left running still holds its "
+            "output; no longer reading it",
+            forAccount=self.forAccount,
+            login=self.login,
         )
         self.transport.loseConnection()  # type: ignore[union-attr]
         self.ended.fire()
@@ -481,28 +523,80 @@ class _Run(ProcessProtocol):
         if truncated:
             text += " [truncated]"
         if childFD == 1:
-            self.log.info("Command output: {line}", line=text, stream="stdout")
+            self.log.info(
+                "Command output{forAccount}: {line}",
+                line=text,
+                stream="stdout",
+                forAccount=self.forAccount,
+                login=self.login,
+            )
         else:
-            self.log.warn("Command error output: {line}", line=text, stream="stderr")
+            self.log.warn(
+                "Command error output{forAccount}: {line}",
+                line=text,
+                stream="stderr",
+                forAccount=self.forAccount,
+                login=self.login,
+            )
+
+
+class _Account:
+    """
+    The runs of one login: the entries no run has taken yet, the run going
+    (at most one), and the retry after a failed start. The sink forgets an
+    account once it has none of these, so that ten thousand quiet accounts
+    cost nothing.
+    """
+
+    __slots__ = ("login", "untaken", "current", "retryCall", "nextRetryDelay", "queued")
+
+    def __init__(self, login: str, retryDelay: float) -> None:
+        self.login = login
+        #: Journaled entries of this login no run has taken yet, oldest first.
+        self.untaken: list[Entry] = []
+        self.current: _Run | None = None
+        self.retryCall: IDelayedCall | None = None
+        self.nextRetryDelay = retryDelay
+        #: In the sink's queue of accounts waiting for a free slot.
+        self.queued = False
+
+    def idle(self) -> bool:
+        return (
+            not self.untaken
+            and self.current is None
+            and self.retryCall is None
+            and not self.queued
+        )
 
 
 class ExecSink:
     """
-    Runs ``command`` with ``/bin/sh -c`` when notifications arrive, never
-    more than one run at a time and never losing an acknowledged push.
+    Runs ``command`` with ``/bin/sh -c`` when notifications arrive: never
+    two runs of one account at once, at most ``maxJobs`` runs at once in
+    all, and never losing an acknowledged push.
 
     **Durability.** ``deliver`` writes the notification to ``journal`` and
     fires only once it is on disk: the push is acknowledged to the server
     then, and from then on it survives a crash or SIGKILL. An entry leaves
     the journal when a run that read it has ended, whatever its exit status.
     At :meth:`start`, entries left by an earlier process (a crash, a kill, a
-    run cut short by a shutdown) are run first. So every acked push reaches
-    the command at least once; after a crash some may reach it twice.
+    run cut short by a shutdown) are run first, each account's in runs of
+    its own. So every acked push reaches the command at least once; after a
+    crash some may reach it twice.
 
-    **Coalescing.** A journaled notification starts a run at once if none
-    is in progress. Notifications journaled during a run all go to exactly
-    one follow-up run when it ends: a hundred pushes during one slow run
-    cause one more run, not a hundred.
+    **Accounts.** Each run carries the notifications of one account only
+    (``notification.login``; ``""`` for a notification without one, which
+    are an account of their own). An account's journaled notification
+    starts a run at once if that account has no run going and fewer than
+    ``maxJobs`` runs are going in all. Notifications of an account that
+    arrive during its run, or while it waits for a free slot, all go to
+    exactly one follow-up run: a hundred pushes during one slow run cause
+    one more run, not a hundred.
+
+    **Fairness.** Accounts waiting for a free slot get one in the order
+    they became ready (first notification journaled, or previous run
+    ended): an account whose pushes never stop goes to the back of the
+    line after each run, so it cannot keep the others waiting.
 
     **Standard input** of a run is its notifications as JSON Lines, oldest
     first: one ``notification.toJSON()`` object per line, UTF-8, exactly
@@ -513,6 +607,8 @@ class ExecSink:
     **Environment.** The parent's environment without any ``YADISKPUSH_*``
     variable (never the ``YADISKPUSH_TOKEN``), plus:
 
+    - ``YADISKPUSH_LOGIN``: the account the run's notifications belong to
+      (empty for notifications without one);
     - ``YADISKPUSH_COUNT``: number of notifications in this run (lines on
       standard input);
     - ``YADISKPUSH_ID``: stanza id of the last (newest) one;
@@ -528,36 +624,42 @@ class ExecSink:
     200 KB value would make every start fail with E2BIG); the data is on
     standard input, and each run logs the names it left out.
 
-    **Logging.** Each run's exit status or signal, duration and number of
-    notifications is logged, at info level on success and warn otherwise.
-    The command's output is logged line by line (stdout at info, stderr at
-    warn), lines cut at ``maxLineLength`` bytes and at most
-    ``maxLoggedLines`` lines per run; nothing is buffered beyond one line.
+    **Logging.** Each run's start and its exit status or signal, duration,
+    number of notifications and account are logged, at info level on
+    success and warn otherwise (the account is in the text and in a
+    ``login`` field). The command's output is logged line by line (stdout
+    at info, stderr at warn), lines cut at ``maxLineLength`` bytes and at
+    most ``maxLoggedLines`` lines per run; nothing is buffered beyond one
+    line.
 
     **Timeout.** A run still going after ``timeout`` seconds gets SIGTERM,
     and SIGKILL ``killGrace`` seconds later. The command runs in a process
     group of its own and the signals go to the whole group, so the
-    programs the shell started stop too; the next run starts only after
-    they have. A run ends when the shell exits: background processes it
-    left behind on success are not waited for.
+    programs the shell started stop too; the account's next run starts
+    only after they have, and the run holds its slot until then. A run ends
+    when the shell exits: background processes it left behind on success
+    are not waited for.
 
     **Failures.** A failing, crashing or hanging command is logged and
     nothing more (its notifications are consumed; it is not run again for
     them). A command that cannot be started at all (E2BIG, a missing
-    shell) is tried again after ``retryDelay`` seconds, doubling up to
-    ``maxRetryDelay``, with one log line per failure; its notifications
-    stay journaled. ``deliver`` fails with
+    shell) is tried again for that account after ``retryDelay`` seconds,
+    doubling up to ``maxRetryDelay``, with one log line per failure; its
+    notifications stay journaled, and the other accounts' runs go on.
+    ``deliver`` fails with
     :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed`, so that the
     push is not acknowledged, when the sink is closed, when ``maxPending``
-    notifications are already journaled and not consumed, or when the
-    journal cannot be written.
+    notifications (of all accounts) are already journaled and not consumed,
+    or when the journal cannot be written.
 
-    **Close.** ``close()`` refuses new notifications and gives a run in
-    progress ``closeGrace`` seconds to finish; then its process group gets
-    SIGTERM, and SIGKILL ``killGrace`` seconds later, and its notifications
-    stay journaled. No follow-up run is started: what is journaled runs at
-    the next start, and the number is logged. It never fails and never
-    waits much longer than ``closeGrace + killGrace + pipeGrace`` seconds.
+    **Close.** ``close()`` refuses new notifications and gives the runs in
+    progress ``closeGrace`` seconds to finish; then the process group of
+    each one still going gets SIGTERM, and SIGKILL ``killGrace`` seconds
+    later, and its notifications stay journaled. No follow-up run is
+    started: what is journaled runs at the next start, and the number is
+    logged. It never fails and never waits much longer than
+    ``closeGrace + killGrace + pipeGrace`` seconds, however many runs are
+    going.
 
     :param command: shell command, run as ``/bin/sh -c command``.
     :param timeout: seconds a run may take, or ``None`` for no limit.
@@ -568,18 +670,20 @@ class ExecSink:
     :param journal: where acked notifications wait for a run; by default an
         in-memory one (``Journal(None)``), which does not survive the
         process: ``twistd yadiskpush`` passes one in ``--state-dir``.
+    :param maxJobs: most runs going at once, across all accounts.
     :param killGrace: seconds between SIGTERM and SIGKILL after a timeout
         or a stop on close.
-    :param closeGrace: seconds ``close()`` lets a run in progress finish.
+    :param closeGrace: seconds ``close()`` lets the runs in progress finish.
     :param retryDelay: seconds before the first new attempt to start the
         command after it could not be started.
     :param maxRetryDelay: the longest wait between such attempts.
     :param maxPending: how many notifications may be journaled and not yet
-        consumed (in a run or waiting for one).
+        consumed (in a run or waiting for one), all accounts together.
     :param maxEnvValue: longest ``YADISKPUSH_*`` value passed, in bytes.
     :param maxEnvTotal: bytes of ``YADISKPUSH_*`` variables per run.
     :param log: logger to use instead of the class's.
-    :raises ValueError: if ``command`` is empty or ``timeout`` not positive.
+    :raises ValueError: if ``command`` is empty, ``timeout`` not positive or
+        ``maxJobs`` less than 1.
 
     :ivar runs: how many runs have been started so far.
     """
@@ -601,6 +705,7 @@ class ExecSink:
         environ: Mapping[str, str] | None = None,
         *,
         journal: Journal | None = None,
+        maxJobs: int = 4,
         killGrace: float = 5.0,
         closeGrace: float = 5.0,
         retryDelay: float = 5.0,
@@ -614,12 +719,15 @@ class ExecSink:
             raise ValueError("the command is empty")
         if timeout is not None and timeout <= 0:
             raise ValueError("the timeout must be positive")
+        if maxJobs < 1:
+            raise ValueError("maxJobs must be at least 1")
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self.command = command
         self.timeout = timeout
         self.reactor = reactor
         self.journal = journal if journal is not None else Journal(None)
+        self.maxJobs = maxJobs
         self.killGrace = killGrace
         self.closeGrace = closeGrace
         self.retryDelay = retryDelay
@@ -630,23 +738,35 @@ class ExecSink:
         if log is not None:
             self._log = log
         self._environ = environ
-        # Journaled entries no run has taken yet, oldest first.
-        self._untaken: list[Entry] = []
+        # Accounts with entries untaken, a run going or a retry pending.
+        self._accounts: dict[str, _Account] = {}
+        # Accounts ready for a run, waiting for a free slot, in the order
+        # they became ready.
+        self._queue: deque[_Account] = deque()
+        # Runs holding a slot: started and not done.
+        self._running: set[_Run] = set()
         # deliver() calls waiting for the journal to open.
         self._waitingForOpen = 0
         self._started: _Event | None = None
         self._ready = False
         self._broken: Exception | None = None
-        self._current: _Run | None = None
         self._unended: set[_Run] = set()
-        self._retryCall: IDelayedCall | None = None
-        self._nextRetryDelay = retryDelay
         self._closing = False
         self._closed = _Event()
         self.runs = 0
 
     def __repr__(self) -> str:
         return "<ExecSink>"
+
+    @property
+    def running(self) -> int:
+        """How many runs are going now (at most ``maxJobs``)."""
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        """How many accounts are ready for a run and waiting for a slot."""
+        return len(self._queue)
 
     # -- start ------------------------------------------------------------
 
@@ -670,17 +790,24 @@ class ExecSink:
         return self._started.wait()
 
     def _journalOpened(self, entries: list[Entry]) -> None:
+        # Oldest first: each account's entries stay in order, and accounts
+        # become ready in the order of their oldest entry.
+        for entry in sorted(entries):
+            self._account(entry.login).untaken.append(entry)
         if entries:
             self._log.info(
-                "Replaying {count} notification(s) journaled before a restart",
+                "Replaying {count} notification(s) journaled before a restart, "
+                "for {accounts} account(s)",
                 count=len(entries),
+                accounts=len(self._accounts),
             )
-            for entry in entries:
-                bisect.insort(self._untaken, entry)
         self._ready = True
+        # Queued before the deliveries waiting for the start are journaled,
+        # so that what an earlier process left runs first.
+        for account in list(self._accounts.values()):
+            self._markReady(account)
         assert self._started is not None
         self._started.fire()
-        self._maybeRun()
 
     def _journalFailed(self, reason: Failure) -> None:
         self._broken = reason.value  # type: ignore[assignment]
@@ -697,7 +824,7 @@ class ExecSink:
     def deliver(self, notification: Notification) -> defer.Deferred[None]:
         """
         Journal the notification and fire once it is on disk (starting a
-        run if none is going); fail with
+        run for its account if none is going and a slot is free); fail with
         :class:`~yadiskpush.delivery.sinks.base.DeliveryFailed` if the sink
         is closed, already holds ``maxPending`` notifications, or cannot
         journal it.
@@ -725,12 +852,15 @@ class ExecSink:
                 )
             )
         line = encodeJSONLine(notification)
+        login = notification.login
         self._waitingForOpen += 1
         d = self.start()
-        d.addCallback(self._append, line, stanzaId)
+        d.addCallback(self._append, line, login, stanzaId)
         return d
 
-    def _append(self, _: object, line: bytes, stanzaId: str) -> defer.Deferred[None]:
+    def _append(
+        self, _: object, line: bytes, login: str, stanzaId: str
+    ) -> defer.Deferred[None]:
         # Called in the turn the journal is ready in (at once when it is
         # already open), so that one turn's pushes share one commit.
         self._waitingForOpen -= 1
@@ -738,8 +868,9 @@ class ExecSink:
             raise DeliveryFailed(stanzaId, f"the --exec journal failed: {self._broken}")
 
         def journaled(entryId: int) -> None:
-            bisect.insort(self._untaken, (entryId, line))
-            self._maybeRun()
+            account = self._account(login)
+            bisect.insort(account.untaken, Entry(entryId, line, login))
+            self._markReady(account)
 
         def failed(reason: Failure) -> None:
             if reason.check(JournalClosed):
@@ -751,27 +882,48 @@ class ExecSink:
             )
             raise DeliveryFailed(stanzaId, reason.getErrorMessage())
 
-        return self.journal.append(line).addCallbacks(journaled, failed)
+        return self.journal.append(line, login).addCallbacks(journaled, failed)
 
     # -- runs -------------------------------------------------------------
 
-    def _maybeRun(self) -> None:
+    def _account(self, login: str) -> _Account:
+        account = self._accounts.get(login)
+        if account is None:
+            account = self._accounts[login] = _Account(login, self.retryDelay)
+        return account
+
+    def _forgetIfIdle(self, account: _Account) -> None:
+        if account.idle() and self._accounts.get(account.login) is account:
+            del self._accounts[account.login]
+
+    def _markReady(self, account: _Account) -> None:
+        """Queue ``account`` for a slot if it has something to run and
+        nothing stops it; then start what the free slots allow."""
         if (
             self._ready
-            and self._untaken
-            and self._current is None
-            and self._retryCall is None
+            and account.untaken
+            and account.current is None
+            and account.retryCall is None
+            and not account.queued
             and not self._closing
         ):
-            self._startRun()
+            account.queued = True
+            self._queue.append(account)
+        self._schedule()
 
-    def _startRun(self) -> None:
-        batch, self._untaken = self._untaken, []
+    def _schedule(self) -> None:
+        while self._queue and len(self._running) < self.maxJobs and not self._closing:
+            account = self._queue.popleft()
+            account.queued = False
+            self._startRun(account)
+
+    def _startRun(self, account: _Account) -> None:
+        batch, account.untaken = account.untaken, []
         try:
-            last = json.loads(batch[-1][1])
+            last = json.loads(batch[-1].line)
         except ValueError:
             last = {}
-        run = _Run(self, batch, last)
+        run = _Run(self, account.login, batch, last)
         if sys.executable:
             executable = sys.executable
             args = [executable, "-I", "-S", "-c", _TRAMPOLINE, self.command]
@@ -787,106 +939,134 @@ class ExecSink:
             last,
             len(batch),
             environ,
+            login=account.login,
             maxValue=self.maxEnvValue,
             maxTotal=self.maxEnvTotal,
         )
         if leftOut:
             self._log.warn(
-                "Left out of the command's environment, too long (the values are "
-                "on its standard input): {names}",
+                "Left out of the command's environment{forAccount}, too long (the "
+                "values are on its standard input): {names}",
                 names=", ".join(leftOut),
                 leftOut=leftOut,
+                forAccount=run.forAccount,
+                login=account.login,
             )
         try:
             transport = self.reactor.spawnProcess(
                 run, executable, args, env=env, path=None
             )
         except Exception as e:
-            self._untaken[:0] = batch
-            delay = self._nextRetryDelay
-            self._nextRetryDelay = min(delay * 2, self.maxRetryDelay)
+            account.untaken[:0] = batch
+            delay = account.nextRetryDelay
+            account.nextRetryDelay = min(delay * 2, self.maxRetryDelay)
             self._log.error(
-                "Could not start the command ({error}); {count} notification(s) "
-                "stay journaled; next attempt in {delay:g} s",
+                "Could not start the command{forAccount} ({error}); {count} "
+                "notification(s) stay journaled; next attempt in {delay:g} s",
                 error=_describeStartError(e),
-                count=len(self._untaken),
+                count=len(account.untaken),
                 delay=delay,
                 spawnFailed=True,
+                forAccount=run.forAccount,
+                login=account.login,
             )
-            self._retryCall = self.reactor.callLater(delay, self._retry)
+            account.retryCall = self.reactor.callLater(delay, self._retry, account)
             return
-        self._nextRetryDelay = self.retryDelay
+        account.nextRetryDelay = self.retryDelay
         self.runs += 1
-        self._current = run
+        account.current = run
+        self._running.add(run)
         self._unended.add(run)
         run.ended.wait().addCallback(lambda _: self._unended.discard(run))
-        run.done.wait().addCallback(self._runDone, run)
+        run.done.wait().addCallback(self._runDone, run, account)
         self._log.info(
-            "Running the command for {count} notification(s) up to push {id}",
+            "Running the command for {count} notification(s){ofAccount} up to "
+            "push {id}",
             count=len(batch),
             id=run.lastId,
+            ofAccount=run.ofAccount,
+            login=account.login,
         )
         run.started(getattr(transport, "pid", None), ownGroup)
 
-    def _retry(self) -> None:
-        self._retryCall = None
-        self._maybeRun()
+    def _retry(self, account: _Account) -> None:
+        account.retryCall = None
+        # Back in line behind the accounts that became ready meanwhile.
+        self._markReady(account)
+        self._forgetIfIdle(account)
 
-    def _runDone(self, _: object, run: _Run) -> None:
-        if self._current is run:
-            self._current = None
+    def _runDone(self, _: object, run: _Run, account: _Account) -> None:
+        self._running.discard(run)
+        if account.current is run:
+            account.current = None
         if not run.stoppedByShutdown:
             self.journal.remove(run.entryIds).addErrback(self._removeFailed, run)
-        self._maybeRun()
+        # The account's follow-up run (if it has one) queues behind the
+        # accounts already waiting; then the freed slot goes to the first.
+        self._markReady(account)
+        self._forgetIfIdle(account)
 
     def _removeFailed(self, reason: Failure, run: _Run) -> None:
         self._log.warn(
-            "Could not remove {count} consumed notification(s) from the journal "
-            "({error}); they will be passed to the command again at the next "
-            "start",
+            "Could not remove {count} consumed notification(s){ofAccount} from "
+            "the journal ({error}); they will be passed to the command again "
+            "at the next start",
             count=run.count,
             error=reason.getErrorMessage(),
+            ofAccount=run.ofAccount,
+            login=run.login,
         )
 
     # -- close ------------------------------------------------------------
 
     def close(self) -> defer.Deferred[None]:
         """
-        Refuse further notifications; let a run in progress finish within
-        ``closeGrace`` seconds, else stop it (its notifications stay
-        journaled); close the journal, logging how many notifications stay
-        in it for the next start. Never fails.
+        Refuse further notifications; let the runs in progress finish
+        within ``closeGrace`` seconds, else stop them (their notifications
+        stay journaled); close the journal, logging how many notifications
+        stay in it for the next start. Never fails.
         """
         if not self._closing:
             self._closing = True
-            if self._retryCall is not None:
-                self._retryCall.cancel()
-                self._retryCall = None
+            for account in self._accounts.values():
+                if account.retryCall is not None:
+                    account.retryCall.cancel()
+                    account.retryCall = None
+                account.queued = False
+            self._queue.clear()
             self._shutDown().addBoth(lambda _: self._closed.fire())
         return self._closed.wait()
 
     @defer.inlineCallbacks
     def _shutDown(self) -> Any:
         try:
-            run = self._current
-            if run is not None and not run.done.happened:
+            runs = [run for run in self._running if not run.done.happened]
+            if runs:
                 self._log.info(
-                    "Waiting up to {grace:g} s for the command to finish",
+                    "Waiting up to {grace:g} s for the command to finish "
+                    "({running} run(s) in progress)",
                     grace=self.closeGrace,
+                    running=len(runs),
                 )
-                yield _waitAtMost(run.done.wait(), self.closeGrace, self.reactor)
-                if not run.done.happened:
+                yield _waitAtMost(_allDone(runs), self.closeGrace, self.reactor)
+                late = [run for run in runs if not run.done.happened]
+                for run in late:
                     run.stop()
+                if late:
                     yield _waitAtMost(
-                        run.done.wait(),
+                        _allDone(late),
                         self.killGrace + self.pipeGrace,
                         self.reactor,
                     )
-                if not run.done.happened:
-                    self._log.error(
-                        "The command did not exit even after SIGKILL; no longer "
-                        "waiting for it (its notifications stay journaled)"
-                    )
+                for run in late:
+                    if not run.done.happened:
+                        self._log.error(
+                            "The command{forAccount} did not exit even after "
+                            "SIGKILL; no longer waiting for it (its "
+                            "notifications stay journaled)",
+                            forAccount=run.forAccount,
+                            login=run.login,
+                        )
             yield defer.gatherResults(
                 [r.stopReadingSoon() for r in list(self._unended)]
             )
@@ -900,6 +1080,12 @@ class ExecSink:
                 )
         except Exception:
             self._log.failure("Closing the --exec sink failed")
+
+
+def _allDone(runs: list[_Run]) -> defer.Deferred[None]:
+    """Fire once every run in ``runs`` is done."""
+    d = defer.gatherResults([run.done.wait() for run in runs])
+    return d.addCallback(lambda _: None)
 
 
 def _waitAtMost(
