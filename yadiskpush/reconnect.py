@@ -42,6 +42,10 @@ class ReconnectPolicy:
     :param initialDelay: the window after the first failure, in seconds.
     :param maxDelay: the largest window.
     :param random: returns a float in [0, 1); injectable for tests.
+    :param minimumWindow: returns the smallest window, in seconds; a
+        :class:`~yadiskpush.fleet.PushFleet` makes it grow with the number
+        of its accounts, so that all of them dropped at once come back
+        spread over a window the server can take.
     :ivar failures: failed connections since the last subscription.
     :ivar consecutiveConflicts: resource conflicts in a row.
     """
@@ -51,10 +55,12 @@ class ReconnectPolicy:
         initialDelay: float = 1.0,
         maxDelay: float = 300.0,
         random: Callable[[], float] = random.random,
+        minimumWindow: Callable[[], float] | None = None,
     ) -> None:
         self.initialDelay = initialDelay
         self.maxDelay = maxDelay
         self.random = random
+        self.minimumWindow = minimumWindow
         self.failures = 0
         self.consecutiveConflicts = 0
 
@@ -81,4 +87,6 @@ class ReconnectPolicy:
             return self.random() * REDIRECT_WINDOW
         self.failures += 1
         window = max(self.window(self.failures), decision.floor)
+        if self.minimumWindow is not None:
+            window = max(window, self.minimumWindow())
         return decision.floor + self.random() * window

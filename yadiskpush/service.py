@@ -134,6 +134,7 @@ class PushService(service.Service):
         self.gaveUp: YaDiskPushError | None = None
         self.ready = False
         self._observers: list[NotificationObserver] = []
+        self._stateObservers: list[Callable[[PushService], None]] = []
         self._readyWaiters = _Waiters()
         self._failureWaiters = _Waiters()
         self._gaveUpWaiters = _Waiters()
@@ -147,6 +148,7 @@ class PushService(service.Service):
         self._token = settings.token
         self._tokenWarningsShown: set[str] = set()
         self._rejectedToken: Secret | None = None
+        self._handshakeSlot: Callable[[], None] | None = None
 
         # Fails now, with a clear message, if the CA file is unusable.
         context.tlsContexts.contextFor(settings.caFile)
@@ -171,6 +173,7 @@ class PushService(service.Service):
                 clock=self.reactor,
                 log=self.log,
                 deliveryTimeout=settings.deliveryTimeout,
+                login=settings.login,
             ),
             KeepaliveHandler(
                 lambda: self.settings.domain,
@@ -192,6 +195,18 @@ class PushService(service.Service):
 
     def removeNotificationObserver(self, observer: NotificationObserver) -> None:
         self._observers.remove(observer)
+
+    def addStateObserver(self, observer: Callable[[PushService], None]) -> None:
+        """
+        Call ``observer(service)`` whenever :attr:`ready` or :attr:`gaveUp`
+        may have changed (subscribed, connection ended, gave up, started
+        again, stopped): how a fleet keeps its counts without polling.
+        """
+        self._stateObservers.append(observer)
+
+    def _stateChanged(self) -> None:
+        for observer in self._stateObservers:
+            observer(self)
 
     def addHandler(self, handler: XMPPHandler) -> None:
         """Add a wokkel handler of your own to this connection's stream."""
@@ -266,7 +281,8 @@ class PushService(service.Service):
                 )
                 return
             self.gaveUp = None
-        self.log.info(
+            self._stateChanged()
+        self.log.debug(
             "Starting push client for {login} ({host}, XMPP domain {domain})",
             login=self.settings.login,
             host=self.settings.host,
@@ -285,6 +301,7 @@ class PushService(service.Service):
         self._cancelNextConnect()
         if self._dialling is not None:
             self._dialling.cancel()
+        self._releaseHandshake()
         stopped = ServiceStopped()
         self._readyWaiters.fail(stopped)
         self._failureWaiters.fail(stopped)
@@ -293,7 +310,7 @@ class PushService(service.Service):
         # Fire one reactor turn later: callers may stop other services from
         # our callbacks, and the stream's own teardown is still running.
         d.addCallback(lambda _: task.deferLater(self.reactor, 0, lambda: None))
-        d.addCallback(lambda _: self.log.info("Push client stopped"))
+        d.addCallback(lambda _: self.log.debug("Push client stopped"))
         return d
 
     def tokenChanged(self) -> bool:
@@ -303,7 +320,20 @@ class PushService(service.Service):
 
         :returns: whether the service was restarted.
         """
-        token = self._readToken()
+        return self._retryWith(self._readToken())
+
+    def updateToken(self, token: Secret) -> bool:
+        """
+        Use ``token`` from the next connection attempt on (the current
+        session, if any, goes on); if the service gave up on a rejected
+        token and this one differs, start again.
+
+        :returns: whether the service was restarted.
+        """
+        self._token = token
+        return self._retryWith(token)
+
+    def _retryWith(self, token: Secret) -> bool:
         if (
             self.running
             and self.gaveUp is not None
@@ -312,6 +342,7 @@ class PushService(service.Service):
         ):
             self.log.info("The token changed; connecting again")
             self.gaveUp = None
+            self._stateChanged()
             self._connectLater(0)
             return True
         return False
@@ -358,15 +389,29 @@ class PushService(service.Service):
                 )
             )
             return
-        attempts = self.dialer.plan(token)
-        self._dialling = d = self.dialer.connect(attempts, self.factory.buildStream)
+        # Wait for a handshake slot (shared by every service of the
+        # context), then dial; the slot is given back once the session is
+        # open, or when this connection fails.
+        self._dialling = d = self.context.handshakes.acquire()
+        d.addCallback(self._dialWithSlot, token)
         d.addCallbacks(self._dialled, self._dialFailed)
+
+    def _dialWithSlot(self, release: Callable[[], None], token: Secret) -> Any:
+        self._handshakeSlot = release
+        attempts = self.dialer.plan(token)
+        return self.dialer.connect(attempts, self.factory.buildStream)
+
+    def _releaseHandshake(self) -> None:
+        release, self._handshakeSlot = self._handshakeSlot, None
+        if release is not None:
+            release()
 
     def _dialled(self, xs: PushXmlStream) -> None:
         self._dialling = None
 
     def _dialFailed(self, reason: Failure) -> None:
         self._dialling = None
+        self._releaseHandshake()
         if reason.check(defer.CancelledError):
             return
         error = reason.value
@@ -405,13 +450,16 @@ class PushService(service.Service):
     def _sessionOpened(self, xs: PushXmlStream) -> None:
         self._sessionStartedAt = self.reactor.seconds()
         self._jid = xs.authenticator.jid
-        self.log.info("Session open as {jid}", jid=self._jid.full())
+        if xs is self._stream:
+            self._releaseHandshake()
+        self.log.debug("Session open as {jid}", jid=self._jid.full())
 
     def _subscribed(self, xs: PushXmlStream) -> None:
         if xs is not self._stream:
             return
         self.ready = True
         self.reconnectPolicy.subscribed()
+        self._stateChanged()
         self._readyWaiters.fire(self.jid)
 
     def _connectionEnded(self, xs: PushXmlStream, reason: Failure) -> None:
@@ -419,6 +467,7 @@ class PushService(service.Service):
         self.ready = False
         if xs is self._stream:
             self._stream = None
+            self._releaseHandshake()
         startedAt, self._sessionStartedAt = self._sessionStartedAt, None
         self.reconnectPolicy.sessionEnded(
             None if startedAt is None else self.reactor.seconds() - startedAt
@@ -459,9 +508,12 @@ class PushService(service.Service):
             self.log.error("{problem}", problem=error.message)
         else:
             self.log.warn("{problem}", problem=error.message)
-        self._failureWaiters.fire(error)
         if decision.action is Action.GIVE_UP:
             self._giveUp(error)
+        else:
+            self._stateChanged()
+        self._failureWaiters.fire(error)
+        if decision.action is Action.GIVE_UP:
             return
         if not self.retrying:
             # Stopped (or given up) by a failure waiter.
@@ -483,6 +535,7 @@ class PushService(service.Service):
         self.gaveUp = reason
         self._cancelNextConnect()
         self.log.error("Giving up; the client will not reconnect")
+        self._stateChanged()
         self._readyWaiters.fail(reason)
         self._gaveUpWaiters.fire(reason)
 
@@ -490,7 +543,7 @@ class PushService(service.Service):
         xs = self._stream
         if xs is None or xs.transport is None:
             return defer.succeed(None)
-        self.log.info("Closing the stream")
+        self.log.debug("Closing the stream")
         closed = self._closedWaiters.add()
         transport = xs.transport
         xs.sendFooter()

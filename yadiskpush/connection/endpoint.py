@@ -132,7 +132,7 @@ class Dialer:
         """
         problems = []
         for attempt in attempts:
-            self._log.info("Connecting to {attempt}", attempt=str(attempt))
+            self._log.debug("Connecting to {attempt}", attempt=str(attempt))
             endpoint = self.endpointFactory(
                 self.reactor, attempt, self.settings.connectTimeout
             )
@@ -141,7 +141,7 @@ class Dialer:
                 protocol = yield endpoint.connect(factory)
             except _UNREACHABLE as e:
                 reason = _describeConnectError(e)
-                self._log.info(
+                self._log.debug(
                     "Cannot reach {attempt}: {reason}",
                     attempt=str(attempt),
                     reason=reason,
@@ -152,7 +152,7 @@ class Dialer:
                 raise ConnectFailed(
                     f"cannot resolve the host name {attempt.host!r}"
                 ) from None
-            self._log.info("Connected to {attempt}", attempt=str(attempt))
+            self._log.debug("Connected to {attempt}", attempt=str(attempt))
             if not attempt.redirected:
                 self.lastMode = attempt.mode
                 self.preferDirectTLS = attempt.mode == DIRECT_TLS
