@@ -1,9 +1,11 @@
 """
-What ``twistd yadiskpush`` runs: one :class:`PushService` and its sinks,
-started and stopped in the right order, and the process-level conventions
-users rely on: SIGHUP reopens outputs and re-reads the token (logrotate),
-and a give-up exits with status 78 (``EX_CONFIG`` of ``sysexits.h``), so
-that systemd's ``RestartPreventExitStatus=78`` and every monitor see it.
+What ``twistd yadiskpush`` runs: the accounts (a
+:class:`~yadiskpush.fleet.PushFleet`, or one :class:`PushService`) and their
+sinks, started and stopped in the right order, and the process-level
+conventions users rely on: SIGHUP reopens outputs and re-reads the token
+file or the accounts file (logrotate), and a give-up of every account exits
+with status 78 (``EX_CONFIG`` of ``sysexits.h``), so that systemd's
+``RestartPreventExitStatus=78`` and every monitor see it.
 
 ``MultiService`` stops its children concurrently, so it cannot promise that
 the stream is closed (no more pushes can arrive) before the sinks are
@@ -23,9 +25,11 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from yadiskpush.accounts import AccountsFileError, readAccounts
 from yadiskpush.delivery.pipeline import fanOut
 from yadiskpush.delivery.sinks import Sink
 from yadiskpush.errors import ServiceStopped, YaDiskPushError
+from yadiskpush.fleet import PushFleet
 from yadiskpush.service import PushService
 
 #: ``EX_CONFIG`` from ``sysexits.h``: the configuration needs a fix.
@@ -60,26 +64,30 @@ class ExitStatus:
 
 class PushApplication(service.Service):
     """
-    Runs a push service whose notifications go to ``sinks``, each push
-    acknowledged once every sink has taken it.
+    Runs a push service (one account's, or a fleet's) whose notifications
+    go to ``sinks``, each push acknowledged once every sink has taken it.
 
     On start: start the sinks that need it (the ``--exec`` journal replays
-    what a crash left). On stop: close the stream first (no new pushes),
+    what a crash left). On stop: close the streams first (no new pushes),
     then close the sinks in order, each in bounded time. With ``reactor``
-    given, SIGHUP is handled and a give-up stops the reactor with
-    ``exitStatus`` set to 78.
+    given, SIGHUP is handled and a give-up (of every account) stops the
+    reactor with ``exitStatus`` set to 78. With ``accountsFile``, SIGHUP
+    re-reads it and the fleet takes the changes; a file that cannot be used
+    leaves the running accounts as they are.
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        push: PushService,
+        push: PushService | PushFleet,
         sinks: Sequence[Sink],
         reactor: Any = None,
         exitStatus: ExitStatus | None = None,
+        accountsFile: str | None = None,
     ) -> None:
         self.push = push
+        self.accountsFile = accountsFile
         self.sinks = list(sinks)
         self.reactor = reactor
         self.exitStatus = exitStatus
@@ -92,8 +100,11 @@ class PushApplication(service.Service):
         return fanOut(self._deliverers, notification)
 
     def reopen(self) -> None:
-        """SIGHUP: reopen output files, re-read the token file."""
-        self._log.info("SIGHUP: reopening outputs and re-reading the token file")
+        """SIGHUP: reopen output files, re-read the token or accounts file."""
+        self._log.info(
+            "SIGHUP: reopening outputs and re-reading the {what} file",
+            what="token" if self.accountsFile is None else "accounts",
+        )
         for sink in self.sinks:
             reopen = getattr(sink, "reopen", None)
             if reopen is not None:
@@ -101,7 +112,24 @@ class PushApplication(service.Service):
                     reopen()
                 except Exception:
                     self._log.failure("Reopening {sink} failed", sink=sink)
+        if self.accountsFile is not None:
+            self.reloadAccounts()
         self.push.tokenChanged()
+
+    def reloadAccounts(self) -> None:
+        """Make the fleet hold the accounts of the file, as it reads now."""
+        assert isinstance(self.push, PushFleet) and self.accountsFile is not None
+        try:
+            accounts = readAccounts(self.accountsFile)
+        except AccountsFileError as e:
+            self._log.error(
+                "{problem}; keeping the {count:,} accounts running",
+                problem=e.message,
+                count=len(self.push),
+            )
+            return
+        change = self.push.apply(accounts)
+        self._log.info("Accounts file re-read: {change}", change=str(change))
 
     def startService(self) -> None:
         service.Service.startService(self)

@@ -48,6 +48,31 @@ def _tlsPortCoerce(value: str) -> int:
 _tlsPortCoerce.coerceDoc = "0 disables the fallback."  # type: ignore[attr-defined]
 
 
+def _positiveInteger(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a whole number, at least 1")
+    return number
+
+
+_positiveInteger.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
+
+#: --log-level's choices, in Twisted's names.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _logLevel(value: str) -> str:
+    level = value.lower()
+    if level == "warning":
+        level = "warn"
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+_logLevel.coerceDoc = f"One of {', '.join(LOG_LEVELS)}."  # type: ignore[attr-defined]
+
+
 class Options(usage.Options):
     """``twistd yadiskpush`` options."""
 
@@ -62,6 +87,13 @@ class Options(usage.Options):
 
     optParameters = [
         ["login", "l", None, "Yandex login, without a domain (e.g. test)."],
+        [
+            "accounts",
+            "a",
+            None,
+            "File of accounts, one LOGIN:TOKEN per line (mode 600), instead of "
+            "--login and --token-file; SIGHUP re-reads it.",
+        ],
         [
             "token-file",
             "t",
@@ -112,6 +144,13 @@ class Options(usage.Options):
             _positiveSeconds,
         ],
         [
+            "exec-jobs",
+            None,
+            4,
+            "Runs of --exec at once, across all accounts.",
+            _positiveInteger,
+        ],
+        [
             "state-dir",
             None,
             None,
@@ -142,6 +181,20 @@ class Options(usage.Options):
             _positiveSeconds,
         ],
         [
+            "max-handshakes",
+            None,
+            50,
+            "Connections between TCP connect and open session at once.",
+            _positiveInteger,
+        ],
+        [
+            "log-level",
+            None,
+            "info",
+            "Least level logged; debug shows each handshake step.",
+            _logLevel,
+        ],
+        [
             "max-stanza-size",
             None,
             DEFAULT_MAX_STANZA_SIZE,
@@ -158,7 +211,10 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        #: The one account's settings (with --login).
         self.settings: Settings | None = None
+        #: login -> token, from --accounts.
+        self.accounts: dict[str, Secret] = {}
         self.warnings: list[str] = []
         self.environ: dict[str, str] = dict(os.environ)
 
@@ -166,7 +222,11 @@ class Options(usage.Options):
         """Build the :class:`Settings`, or fail with one clear sentence."""
         try:
             self._checkOutput()
-            if not self["demo"]:
+            if self["demo"]:
+                pass
+            elif self["accounts"] is not None:
+                self._readAccounts()
+            else:
                 self.settings = self._buildSettings()
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
@@ -204,26 +264,30 @@ class Options(usage.Options):
                     f"cannot write --json-out {path}: {e.strerror or e}"
                 ) from None
 
-    def _buildSettings(self) -> Settings:
-        if not self["login"]:
-            raise ConfigurationError("--login is required (your Yandex login)")
-        if self["token-file"]:
-            token, self.warnings = Secret.fromFile(self["token-file"])
-        else:
-            fromEnvironment = Secret.fromEnvironment(self.environ)
-            if fromEnvironment is None:
+    def _readAccounts(self) -> None:
+        from yadiskpush.accounts import readAccounts
+
+        for other in ("login", "token-file"):
+            if self[other] is not None:
                 raise ConfigurationError(
-                    "no OAuth token: give --token-file PATH or set "
-                    f"{TOKEN_ENVIRONMENT_VARIABLE}"
+                    f"--accounts and --{other} exclude each other: the accounts "
+                    "file gives every login and its token"
                 )
-            token = fromEnvironment
+        path = self["accounts"]
+        self.accounts = readAccounts(path)
+        if not self.accounts:
+            raise ConfigurationError(
+                f"{path} has no accounts: add a line LOGIN:TOKEN for each"
+            )
+        # Checks the connection options once, as a probe account.
+        Settings(login="probe", token=Secret("probe"), **self.connectionSettings())
+
+    def connectionSettings(self) -> dict[str, Any]:
+        """The :class:`Settings` fields every account shares."""
         extra: dict[str, Any] = {}
         if self["resource"]:
             extra["resource"] = self["resource"]
-        return Settings(
-            login=self["login"],
-            token=token,
-            tokenFile=self["token-file"],
+        return dict(
             deliveryTimeout=self["delivery-timeout"],
             host=self["host"],
             port=self["port"],
@@ -236,6 +300,28 @@ class Options(usage.Options):
             maxStanzaSize=self["max-stanza-size"],
             logTraffic=bool(self["log-traffic"]),
             **extra,
+        )
+
+    def _buildSettings(self) -> Settings:
+        if not self["login"]:
+            raise ConfigurationError(
+                "--login is required (your Yandex login), or --accounts FILE"
+            )
+        if self["token-file"]:
+            token, self.warnings = Secret.fromFile(self["token-file"])
+        else:
+            fromEnvironment = Secret.fromEnvironment(self.environ)
+            if fromEnvironment is None:
+                raise ConfigurationError(
+                    "no OAuth token: give --token-file PATH or set "
+                    f"{TOKEN_ENVIRONMENT_VARIABLE}"
+                )
+            token = fromEnvironment
+        return Settings(
+            login=self["login"],
+            token=token,
+            tokenFile=self["token-file"],
+            **self.connectionSettings(),
         )
 
 
@@ -258,7 +344,11 @@ def buildSinks(options: Options, reactor: Any) -> list[Any]:
             stateDir = resolveStateDir(options["state-dir"], options.environ)
             journal = Journal(stateDir / JOURNAL_NAME, reactor)
         execSink = ExecSink(
-            options["exec"], options["exec-timeout"], reactor=reactor, journal=journal
+            options["exec"],
+            options["exec-timeout"],
+            reactor=reactor,
+            journal=journal,
+            maxJobs=options["exec-jobs"],
         )
         sinks.append(execSink)
     if not sinks:
@@ -272,21 +362,32 @@ def makeService(options: Options) -> service.IService:
     from twisted.logger import Logger
 
     from yadiskpush.application import ExitStatus, PushApplication
-    from yadiskpush.service import PushService
+    from yadiskpush.fleet import PushFleet
+    from yadiskpush.logs import setLogLevel
 
     if options["demo"]:
         from yadiskpush.demo import DemoService
 
         return DemoService(options, reactor)
 
+    setLogLevel("debug" if options["log-traffic"] else options["log-level"])
     log = Logger(namespace="yadiskpush")
     for warning in options.warnings:
         log.warn("{warning}", warning=warning)
+    fleet = PushFleet(
+        reactor, maxHandshakes=options["max-handshakes"], **options.connectionSettings()
+    )
     settings = options.settings
-    assert settings is not None
-    push = PushService(settings, reactor=reactor)
+    if settings is not None:
+        fleet.add(settings.login, settings.token, tokenFile=settings.tokenFile)
+    else:
+        fleet.apply(options.accounts)
     exitStatus = ExitStatus()
     exitStatus.register()
     return PushApplication(
-        push, buildSinks(options, reactor), reactor=reactor, exitStatus=exitStatus
+        fleet,
+        buildSinks(options, reactor),
+        reactor=reactor,
+        exitStatus=exitStatus,
+        accountsFile=options["accounts"],
     )

@@ -306,7 +306,11 @@ class PluginTests(TwistdTestCase):
         self.assertNotIn("Traceback", output)
         errors = [line for line in process.lines if "--login is required" in line]
         self.assertEqual(len(errors), 1, output)
-        self.assertTrue(errors[0].endswith(": --login is required (your Yandex login)"))
+        self.assertTrue(
+            errors[0].endswith(
+                ": --login is required (your Yandex login), or --accounts FILE"
+            )
+        )
 
     @defer.inlineCallbacks
     def test_missingTokenIsAUsageError(self) -> Steps:
