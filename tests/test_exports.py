@@ -16,6 +16,13 @@ class ExportTests(SynchronousTestCase):
     def test_publicSurface(self) -> None:
         """The documented entry points are exported."""
         self.assertLessEqual(
-            {"PushService", "Settings", "Secret", "Notification", "PushHandler"},
+            {
+                "PushService",
+                "PushFleet",
+                "Settings",
+                "Secret",
+                "Notification",
+                "PushHandler",
+            },
             set(yadiskpush.__all__),
         )

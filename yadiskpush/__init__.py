@@ -14,6 +14,7 @@ from yadiskpush.errors import (  # noqa: E402
     ServiceStopped,
     YaDiskPushError,
 )
+from yadiskpush.fleet import PushFleet  # noqa: E402
 from yadiskpush.handlers.push import PushHandler  # noqa: E402
 from yadiskpush.notification import Notification, PushChild  # noqa: E402
 from yadiskpush.secret import Secret  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigurationError",
     "Notification",
     "PushChild",
+    "PushFleet",
     "PushHandler",
     "PushService",
     "Secret",
