@@ -149,6 +149,10 @@ class LocalServer:
         is connection ``n``).
     :ivar events: the :class:`EventLog`.
     :ivar pushLog: every push sent, in order.
+    :ivar handshakesInFlight: connections accepted whose session is not
+        open yet (and that are not closed).
+    :ivar mostHandshakesInFlight: the most there ever were at once (a test
+        of the client's handshake limit reads it).
     :ivar acks: push id -> number of ``result`` answers (an exactly-once
         delivery test asserts ``acks[id] == 1``).
     :ivar redelivery: the at-least-once queues behind :meth:`enqueue`; each
@@ -222,6 +226,8 @@ class LocalServer:
         self.pushLog: list[SentPush] = []
         self.acks: Counter[str] = Counter()
         self._faultQueue: deque[Faults] = deque()
+        self._handshaking: set[int] = set()
+        self.mostHandshakesInFlight = 0
         self._pushCount = 0
         self._listeningPorts: list[IListeningPort] = []
         self.redelivery = RedeliveringPushQueue(self, window, redeliverDelay)
@@ -311,6 +317,19 @@ class LocalServer:
         session = ServerSession(self, len(self.sessions) + 1, port, faults)
         self.sessions.append(session)
         return session
+
+    @property
+    def handshakesInFlight(self) -> int:
+        return len(self._handshaking)
+
+    def _handshakeStarted(self, session: ServerSession) -> None:
+        self._handshaking.add(session.number)
+        self.mostHandshakesInFlight = max(
+            self.mostHandshakesInFlight, len(self._handshaking)
+        )
+
+    def _handshakeEnded(self, session: ServerSession) -> None:
+        self._handshaking.discard(session.number)
 
     def _sessionClosed(self, session: ServerSession) -> None:
         """

@@ -203,6 +203,7 @@ class ServerSession(xmlstream.ListenAuthenticator):
     def connectionMade(self) -> None:
         peer = self.xmlstream.transport.getPeer()
         self._record("connected", port=self.port, peer=f"{peer.host}:{peer.port}")
+        self.server._handshakeStarted(self)
         self._fault("connect")
 
     def streamStarted(self, rootElement: domish.Element) -> None:
@@ -281,6 +282,7 @@ class ServerSession(xmlstream.ListenAuthenticator):
         self.closed = True
         self._stopPinging()
         self._record("closed", clean=self.clientClosed, reason=reason.getErrorMessage())
+        self.server._handshakeEnded(self)
         self.server._sessionClosed(self)
         waiters, self._answerWaiters = self._answerWaiters, {}
         for requestId, ds in waiters.items():
@@ -493,6 +495,7 @@ class ServerSession(xmlstream.ListenAuthenticator):
         if self.sessionOpen:
             return
         self.sessionOpen = True
+        self.server._handshakeEnded(self)
         self._record("session-opened", jid=self.jid.full())
         if self._fault("opened"):
             return
