@@ -16,6 +16,11 @@ can go stale between attempts.
 The context's verify callback also records *why* OpenSSL refused a chain
 (expired, not yet valid, unknown issuer), which OpenSSL's own error only
 says as "certificate verify failed".
+
+What an idle connection costs is mostly OpenSSL's (about 30 KiB of it): the
+shared context keeps Twisted's ``SSL_MODE_RELEASE_BUFFERS`` (no record
+buffers while idle) and sends one key share, not two (see
+:func:`shareOneKey`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,48 @@ _VERIFY_ERRORS = {
     21: "the server's certificate is not signed by a trusted CA",
     23: "the server's certificate has been revoked",
 }
+
+
+# OpenSSL's default groups (3.5 and later) in its own order, with a key share
+# for X25519 alone ("*"; "?" skips a group this OpenSSL lacks).
+KEY_SHARE_GROUPS = (
+    b"?X25519MLKEM768:?*X25519:?secp256r1:?X448:?secp384r1:?secp521r1"
+    b":?ffdhe2048:?ffdhe3072"
+)
+
+# The first OpenSSL with post-quantum hybrid groups, and with "?" and "*" in
+# a groups list.
+_OPENSSL_3_5 = 0x30500000
+
+
+def shareOneKey(context: SSL.Context) -> bool:
+    """
+    Make ``context`` send one key share (X25519) in its ClientHello, not two.
+
+    OpenSSL 3.5 and later generate a hybrid post-quantum X25519MLKEM768 share
+    and an X25519 one for every connection, and keep both until the
+    connection ends: the hybrid key is about 9 KiB of every idle connection
+    (and 1.2 KB of every ClientHello), even when the server picks X25519, as
+    a server without post-quantum support does. The same groups are still
+    offered in the same order, so a server that prefers the hybrid group asks
+    for it with a HelloRetryRequest (one round trip more) and gets it.
+    Earlier OpenSSL releases send one share already; nothing is changed.
+
+    :returns: whether the groups were set.
+    """
+    if SSL.OPENSSL_VERSION_NUMBER < _OPENSSL_3_5:
+        return False
+    # pyOpenSSL has no call for the groups list; this is the one place that
+    # uses its cffi binding and the context's pointer, as Twisted's
+    # CertificateOptions does on OpenSSL 1.0.2 (test_tls fails if they go).
+    from OpenSSL._util import lib
+
+    if lib.SSL_CTX_set1_curves_list(context._context, KEY_SHARE_GROUPS) == 1:
+        return True
+    # A list this OpenSSL refuses leaves its default, and an error queued
+    # that the next call would otherwise report as its own.
+    lib.ERR_clear_error()
+    return False
 
 
 def loadTrustRoot(caFile: str | None) -> Any:
@@ -147,6 +194,7 @@ class TLSContexts:
                 SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _recordVerifyError
             )
             context.set_info_callback(_verifyIdentities)
+            shareOneKey(context)
             self._contexts[caFile] = context
         return context
 
