@@ -72,6 +72,12 @@ class _Waiters:
         self._waiting.append(d)
         return d
 
+    def take(self) -> _Waiters:
+        """The waiters so far, as a set of their own; this one is empty."""
+        taken = _Waiters()
+        taken._waiting, self._waiting = self._waiting, []
+        return taken
+
     def fire(self, result: Any) -> None:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -459,8 +465,9 @@ class PushService(service.Service):
             return
         self.ready = True
         self.reconnectPolicy.subscribed()
+        ready = self._readyWaiters.take()
         self._stateChanged()
-        self._readyWaiters.fire(self.jid)
+        ready.fire(self.jid)
 
     def _connectionEnded(self, xs: PushXmlStream, reason: Failure) -> None:
         wasReady = self.ready
@@ -535,9 +542,13 @@ class PushService(service.Service):
         self.gaveUp = reason
         self._cancelNextConnect()
         self.log.error("Giving up; the client will not reconnect")
+        # State observers first (a fleet's counts), then the waiters of this
+        # give-up only: an observer may start the service again (a new
+        # token), and what it waits for then is the next attempt.
+        ready, gaveUp = self._readyWaiters.take(), self._gaveUpWaiters.take()
         self._stateChanged()
-        self._readyWaiters.fail(reason)
-        self._gaveUpWaiters.fire(reason)
+        ready.fail(reason)
+        gaveUp.fire(reason)
 
     def _closeStream(self) -> defer.Deferred[None]:
         xs = self._stream
