@@ -8,7 +8,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import error as jabberError
 from twisted.words.protocols.jabber import xmlstream
-from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from wokkel.generic import Request
 from wokkel.subprotocols import XMPPHandler
@@ -23,12 +22,25 @@ SUBSCRIBED_EVENT = "//event/yadiskpush/subscribed"
 
 
 class SubscribeRequest(Request):
-    """``<iq type='set' to='BARE-JID'><s xmlns='yandex:push:disk'/></iq>``."""
+    """
+    ``<iq type='set' to='BARE-JID'><s xmlns='yandex:push:disk'/></iq>``.
+
+    Addressed by a string, not a ``JID``: the bare JID comes from the JID of
+    the session, already prepared, and parsing it again would run stringprep
+    once more for every connection (about 90 µs).
+
+    :param to: the bare JID of the account.
+    """
 
     stanzaType = "set"
 
+    def __init__(self, to: str) -> None:
+        Request.__init__(self)
+        self.to = to
+
     def toElement(self) -> domish.Element:
         element = Request.toElement(self)
+        element["to"] = self.to
         element.addElement((NS_DISK_PUSH, "s"))
         return element
 
@@ -55,7 +67,7 @@ class SubscriptionHandler(XMPPHandler):
 
     def connectionInitialized(self) -> None:
         xs = self.xmlstream
-        request = SubscribeRequest(recipient=JID(xs.authenticator.jid.userhost()))
+        request = SubscribeRequest(xs.authenticator.jid.userhost())
         request.timeout = self.timeout
         self.request(request).addCallbacks(
             self._subscribed, self._refused, callbackArgs=(xs,), errbackArgs=(xs,)
