@@ -23,13 +23,13 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from yadiskpush.accounts import AccountsFileError, readAccounts
 from yadiskpush.delivery.pipeline import fanOut
 from yadiskpush.delivery.sinks import Sink
 from yadiskpush.errors import ServiceStopped, YaDiskPushError
 from yadiskpush.fleet import PushFleet
+from yadiskpush.logs import Logger
 from yadiskpush.service import PushService
 
 #: ``EX_CONFIG`` from ``sysexits.h``: the configuration needs a fix.

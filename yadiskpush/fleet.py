@@ -24,7 +24,6 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
 from yadiskpush.accounts import AccountsChange, compareAccounts
 from yadiskpush.connection.context import ConnectionContext
@@ -37,6 +36,7 @@ from yadiskpush.errors import (
     StreamErrorReceived,
     YaDiskPushError,
 )
+from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
 from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.secret import Secret

@@ -23,7 +23,6 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.jid import JID
@@ -53,6 +52,7 @@ from yadiskpush.handlers.push import PushHandler
 from yadiskpush.handlers.subscription import SUBSCRIBED_EVENT, SubscriptionHandler
 from yadiskpush.handlers.version import VersionHandler
 from yadiskpush.handlers.writestall import WriteStallHandler
+from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
 from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.secret import Secret

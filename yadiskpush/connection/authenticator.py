@@ -22,7 +22,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import client, xmlstream
 from twisted.words.protocols.jabber.jid import JID
@@ -39,6 +38,7 @@ from yadiskpush.errors import (
     YaDiskPushError,
 )
 from yadiskpush.failures import describeFailure, describeLoss
+from yadiskpush.logs import Logger
 from yadiskpush.settings import Settings
 
 #: Dispatch a :class:`~yadiskpush.errors.YaDiskPushError` on the stream under

@@ -21,11 +21,11 @@ from twisted.internet import error as netError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 
 from yadiskpush.connection.attempt import DIRECT_TLS, STARTTLS, Attempt
 from yadiskpush.connection.tls import TLSContexts
 from yadiskpush.errors import ConnectFailed
+from yadiskpush.logs import Logger
 from yadiskpush.secret import Secret
 from yadiskpush.settings import Settings
 

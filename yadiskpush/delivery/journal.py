@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from yadiskpush.errors import ConfigurationError, YaDiskPushError
+from yadiskpush.logs import Logger
 
 #: The journal's file name in the state directory.
 JOURNAL_NAME = "exec-journal.sqlite3"

@@ -29,10 +29,10 @@ from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from yadiskpush.errors import YaDiskPushError
+from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
 
 #: ``deliver(notification)``: ``None`` or a Deferred that fires once every

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
+
+from yadiskpush.logs import Logger
 
 # A Python attribute on the request element, like wokkel's ``handled``. It
 # starts with an underscore because domish answers any other unknown

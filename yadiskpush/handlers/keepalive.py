@@ -6,13 +6,13 @@ import secrets
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from yadiskpush.connection.authenticator import CONNECTION_FAILED_EVENT
 from yadiskpush.errors import ConnectionStalled
 from yadiskpush.handlers.ping import NS_PING
+from yadiskpush.logs import Logger
 
 
 class KeepaliveHandler(XMPPHandler):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from yadiskpush.handlers.guard import answersExactlyOnce, sendAnswer
+from yadiskpush.logs import Logger
 
 NS_PING = "urn:xmpp:ping"
 PING_REQUEST = f"/iq[@type='get']/ping[@xmlns='{NS_PING}']"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
@@ -18,6 +17,7 @@ from yadiskpush.delivery.pipeline import (
     errorAnswer,
 )
 from yadiskpush.handlers.guard import answersExactlyOnce, sendAnswer
+from yadiskpush.logs import Logger
 from yadiskpush.notification import NS_DISK_PUSH, Notification
 
 IQ_SET = "/iq[@type='set']"

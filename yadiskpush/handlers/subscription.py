@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import error as jabberError
 from twisted.words.protocols.jabber import xmlstream
@@ -14,6 +13,7 @@ from wokkel.subprotocols import XMPPHandler
 
 from yadiskpush.connection.authenticator import CONNECTION_FAILED_EVENT
 from yadiskpush.errors import SubscriptionFailed
+from yadiskpush.logs import Logger
 from yadiskpush.notification import NS_DISK_PUSH
 
 #: Dispatched on the stream (with the stream) once the server accepted the

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import platform
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from yadiskpush.handlers.guard import answersExactlyOnce, sendAnswer
+from yadiskpush.logs import Logger
 
 NS_VERSION = "jabber:iq:version"
 VERSION_QUERY = f"/iq[@type='get']/query[@xmlns='{NS_VERSION}']"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.logger import Logger
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from yadiskpush.connection.authenticator import CONNECTION_FAILED_EVENT
 from yadiskpush.connection.stream import STREAM_CLOSING_EVENT
 from yadiskpush.errors import ServerStoppedReading
+from yadiskpush.logs import Logger
 
 
 @implementer(IPushProducer)

@@ -21,12 +21,12 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from yadiskpush.delivery.journal import Entry, Journal, JournalClosed
 from yadiskpush.delivery.sinks.base import DeliveryFailed
 from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
+from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
 
 #: Never passed to the command, whatever the parent's environment holds.

@@ -14,12 +14,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from yadiskpush.delivery.sinks._fdwriter import DescriptorWriter, WriteFailed
 from yadiskpush.delivery.sinks.base import DeliveryFailed
 from yadiskpush.errors import ConfigurationError
+from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
 
 #: Bytes that may wait in memory for a slow reader before pushes are refused.

@@ -6,8 +6,8 @@ configured.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
+from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
 
 
