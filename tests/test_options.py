@@ -155,3 +155,81 @@ class LateCheckTests(SynchronousTestCase):
                 environ={"YADISKPUSH_TOKEN": TOKEN},
             )
         self.assertIn("cannot write --json-out", str(caught.exception))
+
+
+class AccountsOptionTests(SynchronousTestCase):
+    """--accounts: the file is checked before anything starts."""
+
+    def accountsFile(self, text: str, mode: int = 0o600) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def assertUsageError(self, fragment: str, *argv: str) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(*argv)
+        message = str(caught.exception)
+        self.assertIn(fragment, message)
+        self.assertNotIn("\n", message)
+        self.assertNotIn(TOKEN, message)
+
+    def test_accountsRead(self) -> None:
+        """Each LOGIN:TOKEN line becomes an account."""
+        path = self.accountsFile(f"alice:{TOKEN}\n# bob is away\ncarol:{TOKEN}2\n")
+        options = parse("--accounts", path, "--max-handshakes", "7")
+        self.assertEqual(list(options.accounts), ["alice", "carol"])
+        self.assertIsNone(options.settings)
+        self.assertEqual(options["max-handshakes"], 7)
+
+    def test_badLineNamed(self) -> None:
+        """A bad line is a usage error naming the file and the line number."""
+        path = self.accountsFile(f"alice:{TOKEN}\nalice:{TOKEN}\n")
+        self.assertUsageError(
+            f"{path}, line 2: alice is already on line 1", "--accounts", path
+        )
+
+    def test_groupReadableRefused(self) -> None:
+        """A file that group or others may read is a usage error."""
+        path = self.accountsFile(f"alice:{TOKEN}\n", 0o644)
+        self.assertUsageError(f"chmod 600 {path}", "--accounts", path)
+
+    def test_emptyRefused(self) -> None:
+        """A file with no account is a usage error."""
+        path = self.accountsFile("# nobody yet\n")
+        self.assertUsageError("has no accounts", "--accounts", path)
+
+    def test_exclusiveWithLogin(self) -> None:
+        """--accounts and --login (or --token-file) exclude each other."""
+        path = self.accountsFile(f"alice:{TOKEN}\n")
+        self.assertUsageError(
+            "--accounts and --login exclude each other", "--accounts", path, "-l", "x"
+        )
+        self.assertUsageError(
+            "--accounts and --token-file exclude each other",
+            "--accounts",
+            path,
+            "--token-file",
+            path,
+        )
+
+    def test_limitsArePositive(self) -> None:
+        """--max-handshakes and --exec-jobs take a whole number of at least 1."""
+        path = self.accountsFile(f"alice:{TOKEN}\n")
+        for option in ("--max-handshakes", "--exec-jobs"):
+            for value in ("0", "-3", "many"):
+                with self.assertRaises(usage.UsageError):
+                    parse("--accounts", path, option, value)
+
+    def test_logLevel(self) -> None:
+        """--log-level takes Twisted's level names, warning as warn."""
+        path = self.accountsFile(f"alice:{TOKEN}\n")
+        self.assertEqual(
+            parse("--accounts", path, "--log-level", "DEBUG")["log-level"], "debug"
+        )
+        self.assertEqual(
+            parse("--accounts", path, "--log-level", "warning")["log-level"], "warn"
+        )
+        with self.assertRaises(usage.UsageError):
+            parse("--accounts", path, "--log-level", "chatty")

@@ -355,4 +355,12 @@ class PushFleet(service.MultiService):
         stopped = ServiceStopped()
         self._settledWaiters.fail(stopped)
         self._allGaveUp.fail(stopped)
-        return super().stopService()
+        count = len(self._accounts)
+        self._log.info(
+            "Closing the streams of {count:,} {accounts}",
+            count=count,
+            accounts="account" if count == 1 else "accounts",
+        )
+        d = defer.maybeDeferred(super().stopService)
+        d.addCallback(lambda _: self._log.info("Push client stopped"))
+        return d
