@@ -137,6 +137,7 @@ class PushFleet(service.MultiService):
         self._allGaveUp = _Waiters()
         self._summaryLoop: task.LoopingCall | None = None
         self._lastSummary = ""
+        self._settledOnce = False
 
     # -- accounts -----------------------------------------------------------
 
@@ -283,6 +284,11 @@ class PushFleet(service.MultiService):
 
     def _checkSettled(self) -> None:
         if len(self._subscribed) + len(self._gaveUp) >= len(self._accounts):
+            if self.running and not self._settledOnce:
+                # The first time everything is up (or given up), say so at
+                # once rather than at the next periodic summary.
+                self._settledOnce = True
+                self._logSummary()
             self._settledWaiters.fire(None)
 
     def whenAllSettled(self) -> defer.Deferred[None]:

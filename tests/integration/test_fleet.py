@@ -135,7 +135,7 @@ class FleetTests(LocalServerTestCase):
         yield dropSession.whenClosed()
         self.assertTrue(dropSession.clientClosed)
         self.assertNotIn("drop", fleet)
-        yield server.whenSubscribed(login="add")
+        yield server.whenSubscribed(login="add", count=1)
         yield fleet["add"].whenReady()
 
         # The changed token is used from the next attempt; the session goes on.
