@@ -22,7 +22,7 @@ from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.jid import JID
 
 from tests.support import SERVER_HEADER, sentElements
-from yadiskpush import Notification, Secret, Settings
+from yadiskpush import Notification, Secret
 from yadiskpush.localserver import LocalServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
@@ -55,35 +55,31 @@ class ComposeExampleTests(TestCase):
 
         return self.server.start().addCallback(started)
 
-    def settingsFor(self, login: str) -> Settings:
-        return Settings(
-            login=login,
-            token=Secret(ACCOUNTS[login]),
+    def startFleet(self, onNotification: Any) -> Any:
+        fleet = self.compose.makeFleet(
+            {login: Secret(token) for login, token in ACCOUNTS.items()},
+            onNotification,
+            reactor,
             host="127.0.0.1",
             port=self.server.starttlsPort,
             tlsPort=self.server.tlsPort,
             domain="ya.ru",
             caFile=self.caFile,
         )
-
-    def startServices(self, onNotification: Any) -> Any:
-        services = self.compose.makeServices(
-            [self.settingsFor(login) for login in ACCOUNTS], onNotification, reactor
-        )
-        services.startService()
-        self.addCleanup(services.stopService)
-        return services
+        fleet.startService()
+        self.addCleanup(fleet.stopService)
+        return fleet
 
     @defer.inlineCallbacks
     def test_journalPerAccount(self) -> Any:
         """
-        Two accounts in one MultiService: each push lands in the journal
-        under its login before the server sees its acknowledgement.
+        Two accounts in one PushFleet: each push lands in the journal under
+        its login before the server sees its acknowledgement.
         """
         journalPath = self.mktemp()
         journal = self.compose.ChangeJournal(journalPath)
-        services = self.startServices(journal.record)
-        yield defer.gatherResults([push.whenReady() for push in services])
+        fleet = self.startFleet(journal.record)
+        yield fleet.whenAllSettled()
 
         for login in ACCOUNTS:
             answer = yield self.server.push(login, {"t": "diff", "uid": login})
@@ -105,21 +101,21 @@ class ComposeExampleTests(TestCase):
         The push is acknowledged only when the Deferred the observer returned
         fires.
         """
-        received: list[tuple[str, Notification]] = []
+        received: list[Notification] = []
         gate: defer.Deferred[None] = defer.Deferred()
         called: defer.Deferred[None] = defer.Deferred()
 
-        def onNotification(login: str, notification: Notification) -> Any:
-            received.append((login, notification))
+        def onNotification(notification: Notification) -> Any:
+            received.append(notification)
             called.callback(None)
             return gate
 
-        services = self.startServices(onNotification)
-        yield defer.gatherResults([push.whenReady() for push in services])
+        fleet = self.startFleet(onNotification)
+        yield fleet.whenAllSettled()
         answer = self.server.push("bob", {"t": "diff"})
         yield called
-        [(login, notification)] = received
-        self.assertEqual(login, "bob")
+        [notification] = received
+        self.assertEqual(notification.login, "bob")
         self.assertEqual(self.server.acks[notification.stanzaId], 0)
 
         gate.callback(None)
@@ -131,42 +127,46 @@ class ComposeExampleTests(TestCase):
 class ComposeSettingsTests(TestCase):
     """The example's reading of DISK_ACCOUNTS."""
 
+    def accountsFile(self, mode: int = 0o600) -> str:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("alice:secret-token\nbob:other-token\n")
+        os.chmod(path, mode)
+        return path
+
     def test_accountsFromEnvironment(self) -> None:
-        """Each LOGIN=TOKEN_FILE pair becomes one Settings with that token."""
+        """Each LOGIN:TOKEN line of the file becomes an account."""
         compose = loadExample("compose")
-        tokenFile = self.mktemp()
-        with open(tokenFile, "w", encoding="utf-8") as f:
-            f.write("secret-token\n")
-        os.chmod(tokenFile, 0o600)
-        settingsList = compose.settingsFromEnvironment(
-            {"DISK_ACCOUNTS": f"alice={tokenFile} bob={tokenFile}"}
+        accounts = compose.accountsFromEnvironment(
+            {"DISK_ACCOUNTS": self.accountsFile()}
         )
-        self.assertEqual([s.login for s in settingsList], ["alice", "bob"])
-        self.assertEqual(settingsList[0].token, Secret("secret-token"))
-        self.assertEqual(settingsList[0].host, "push.xmpp.yandex.ru")
+        self.assertEqual(list(accounts), ["alice", "bob"])
+        self.assertEqual(accounts["alice"], Secret("secret-token"))
+
+    def test_unsafeFileRefused(self) -> None:
+        """A file others may read stops the example with the fix."""
+        compose = loadExample("compose")
+        with self.assertRaises(SystemExit) as caught:
+            compose.accountsFromEnvironment({"DISK_ACCOUNTS": self.accountsFile(0o644)})
+        self.assertIn("chmod 600", str(caught.exception))
 
     def test_makeApplication(self) -> None:
         """
-        makeApplication gives a twistd Application holding one PushService
-        per account, named after its login.
+        makeApplication gives a twistd Application holding one PushFleet with
+        a PushService per account, named after its login.
         """
         compose = loadExample("compose")
-        tokenFile = self.mktemp()
-        with open(tokenFile, "w", encoding="utf-8") as f:
-            f.write("secret-token\n")
-        os.chmod(tokenFile, 0o600)
-        application = compose.makeApplication(
-            {"DISK_ACCOUNTS": f"alice={tokenFile} bob={tokenFile}"}
-        )
-        [services] = list(service.IServiceCollection(application))
+        application = compose.makeApplication({"DISK_ACCOUNTS": self.accountsFile()})
+        [fleet] = list(service.IServiceCollection(application))
+        self.assertEqual(fleet.logins(), ["alice", "bob"])
         self.assertEqual(
-            [push.name for push in services], ["yadiskpush-alice", "yadiskpush-bob"]
+            [push.name for push in fleet], ["yadiskpush-alice", "yadiskpush-bob"]
         )
 
     def test_noAccounts(self) -> None:
         """Without DISK_ACCOUNTS the example exits with a usage line."""
         compose = loadExample("compose")
-        self.assertRaises(SystemExit, compose.settingsFromEnvironment, {})
+        self.assertRaises(SystemExit, compose.accountsFromEnvironment, {})
 
 
 class OwnStreamExampleTests(TestCase):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from yadiskpush.accounts import AccountsChange, readAccounts  # noqa: E402
 from yadiskpush.errors import (  # noqa: E402
     AuthenticationFailed,
     ConfigurationError,
@@ -22,6 +23,7 @@ from yadiskpush.service import PushService  # noqa: E402
 from yadiskpush.settings import Settings  # noqa: E402
 
 __all__ = [
+    "AccountsChange",
     "AuthenticationFailed",
     "ConfigurationError",
     "Notification",
@@ -33,5 +35,6 @@ __all__ = [
     "ServiceStopped",
     "Settings",
     "YaDiskPushError",
+    "readAccounts",
     "__version__",
 ]

@@ -1,14 +1,17 @@
 """
-Disk push notifications inside your own Twisted application.
+Disk push notifications of many accounts inside your own Twisted application.
 
-Each Yandex account gets its own PushService; all of them run in one
-MultiService, and every change is appended to a journal file. A push is
-acknowledged to the server only once its line is in the journal.
+One PushFleet holds every account of an accounts file (one ``LOGIN:TOKEN``
+per line, mode 600): one connection per account, sharing TLS contexts, a
+limit on handshakes in flight and the DNS look-up. Every change is appended
+to a journal file, and a push is acknowledged to the server only once its
+line is in the journal. SIGHUP re-reads the accounts file: new accounts
+start, removed ones close cleanly, the others are not touched.
 
 Run it (Ctrl-C stops it cleanly)::
 
-    install -m 600 /dev/null alice.token && echo 'OAUTH-TOKEN' > alice.token
-    DISK_ACCOUNTS='alice=alice.token bob=bob.token' python compose.py
+    install -m 600 /dev/null accounts && echo 'alice:OAUTH-TOKEN' >> accounts
+    DISK_ACCOUNTS=accounts python compose.py
 
 or under twistd, with a file ``disk.tac`` that holds these two lines::
 
@@ -20,21 +23,29 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
 
-from yadiskpush import Notification, PushService, Secret, ServiceStopped, Settings
+from yadiskpush import (
+    ConfigurationError,
+    Notification,
+    PushFleet,
+    Secret,
+    ServiceStopped,
+    readAccounts,
+)
 
-#: ``LOGIN=TOKEN_FILE`` pairs, separated by spaces.
+#: The path of the accounts file.
 ACCOUNTS_VARIABLE = "DISK_ACCOUNTS"
 #: Where the journal goes (``disk-changes.jsonl`` by default).
 JOURNAL_VARIABLE = "DISK_JOURNAL"
 
-NotificationCallback = Callable[[str, Notification], "defer.Deferred[Any] | None"]
+NotificationCallback = Callable[[Notification], "defer.Deferred[Any] | None"]
 
 
 class ChangeJournal:
@@ -42,15 +53,16 @@ class ChangeJournal:
     Appends one JSON line per change to a file.
 
     :meth:`record` returns a Deferred that fires once the line is written
-    and flushed (the write runs in a thread, off the reactor): the
-    PushService waits for it before it acknowledges the push.
+    and flushed (the write runs in a thread, off the reactor): the fleet
+    waits for it before it acknowledges the push.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def record(self, login: str, notification: Notification) -> defer.Deferred[None]:
-        line = json.dumps({"login": login, **notification.toJSON()}) + "\n"
+    def record(self, notification: Notification) -> defer.Deferred[None]:
+        # toJSON() starts with "login": the account the change happened in.
+        line = json.dumps(notification.toJSON()) + "\n"
         return threads.deferToThread(self._append, line)
 
     def _append(self, line: str) -> None:
@@ -60,58 +72,62 @@ class ChangeJournal:
             os.fsync(journal.fileno())
 
 
-def makeServices(
-    settingsList: Sequence[Settings],
+def makeFleet(
+    accounts: Mapping[str, Secret],
     onNotification: NotificationCallback,
     reactor: Any = None,
-) -> service.MultiService:
+    **settings: Any,
+) -> PushFleet:
     """
-    One :class:`PushService` per account, in one ``MultiService``.
+    One :class:`PushFleet` holding ``accounts`` (login -> token).
 
-    ``onNotification(login, notification)`` is called for every change; if it
-    returns a Deferred, the push is acknowledged when that fires.
+    ``onNotification(notification)`` is called for every change of every
+    account (``notification.login`` says which); if it returns a Deferred,
+    the push is acknowledged when that fires. ``settings`` are the
+    connection settings shared by all accounts (host, caFile, ...).
     """
-    services = service.MultiService()
-    for settings in settingsList:
-        push = PushService(settings, reactor=reactor)
-
-        def observer(
-            notification: Notification, login: str = settings.login
-        ) -> defer.Deferred[Any] | None:
-            return onNotification(login, notification)
-
-        push.addNotificationObserver(observer)
-        # A rejected token stops that account only; the others go on. On a
-        # normal stop the Deferred fails with ServiceStopped instead.
-        push.whenGaveUp().addCallbacks(
-            lambda error, login=settings.login: print(
-                f"{login}: gave up: {error}", file=sys.stderr
-            ),
-            lambda stopped: stopped.trap(ServiceStopped),
-        )
-        push.setServiceParent(services)
-    return services
+    fleet = PushFleet(reactor, maxHandshakes=50, **settings)
+    fleet.addNotificationObserver(onNotification)
+    fleet.apply(accounts)
+    # A rejected token stops that account only; this fires once every
+    # account has given up. On a normal stop it fails with ServiceStopped.
+    fleet.whenGaveUp().addCallbacks(
+        lambda error: print(f"every account gave up: {error}", file=sys.stderr),
+        lambda stopped: stopped.trap(ServiceStopped),
+    )
+    return fleet
 
 
-def settingsFromEnvironment(environ: Mapping[str, str]) -> list[Settings]:
-    """The accounts named in ``DISK_ACCOUNTS``, each with its token file."""
-    settingsList = []
-    for pair in environ.get(ACCOUNTS_VARIABLE, "").split():
-        login, _, tokenFile = pair.partition("=")
-        token, warnings = Secret.fromFile(tokenFile)
-        for warning in warnings:
-            print(warning, file=sys.stderr)
-        settingsList.append(Settings(login=login, token=token))
-    if not settingsList:
-        raise SystemExit(f"set {ACCOUNTS_VARIABLE}='LOGIN=TOKEN_FILE ...'")
-    return settingsList
+def accountsFromEnvironment(environ: Mapping[str, str]) -> dict[str, Secret]:
+    """The accounts of the file named by ``DISK_ACCOUNTS``."""
+    path = environ.get(ACCOUNTS_VARIABLE)
+    if not path:
+        raise SystemExit(f"set {ACCOUNTS_VARIABLE} to an accounts file (LOGIN:TOKEN)")
+    try:
+        return readAccounts(path)
+    except ConfigurationError as e:
+        raise SystemExit(str(e)) from None
+
+
+def reloadOnHangup(fleet: PushFleet, path: str, reactor: Any) -> None:
+    """On SIGHUP, make the fleet hold the accounts the file holds now."""
+
+    def reload() -> None:
+        try:
+            change = fleet.apply(readAccounts(path))
+        except ConfigurationError as e:
+            print(f"{e}; keeping the accounts running", file=sys.stderr)
+            return
+        print(f"accounts reloaded: {change}", file=sys.stderr)
+
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 
 
 def makeApplication(environ: Mapping[str, str] = os.environ) -> service.Application:
-    """The same services, as the ``application`` of a ``.tac`` file."""
+    """The same fleet, as the ``application`` of a ``.tac`` file."""
     journal = ChangeJournal(environ.get(JOURNAL_VARIABLE, "disk-changes.jsonl"))
     application = service.Application("disk-journal")
-    makeServices(settingsFromEnvironment(environ), journal.record).setServiceParent(
+    makeFleet(accountsFromEnvironment(environ), journal.record).setServiceParent(
         application
     )
     return application
@@ -121,12 +137,13 @@ def main(reactor: Any) -> defer.Deferred[None]:
     """Run until Ctrl-C, then close every stream cleanly."""
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    settingsList = settingsFromEnvironment(os.environ)
+    accounts = accountsFromEnvironment(os.environ)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     journal = ChangeJournal(os.environ.get(JOURNAL_VARIABLE, "disk-changes.jsonl"))
-    services = makeServices(settingsList, journal.record, reactor)
-    services.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", services.stopService)
+    fleet = makeFleet(accounts, journal.record, reactor)
+    reloadOnHangup(fleet, os.environ[ACCOUNTS_VARIABLE], reactor)
+    fleet.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", fleet.stopService)
     return defer.Deferred()  # never fires: run until the reactor stops
 
 
