@@ -133,8 +133,9 @@ class Options(usage.Options):
             "exec",
             None,
             None,
-            "Shell command run on notifications (JSON on stdin); one run at a time, "
-            "changes during a run coalesced into one more run.",
+            "Shell command run on notifications (JSON on stdin); one run at a time "
+            "per account, an account's changes during its run coalesced into one "
+            "more run.",
         ],
         [
             "exec-timeout",
@@ -147,7 +148,8 @@ class Options(usage.Options):
             "exec-jobs",
             None,
             4,
-            "Runs of --exec at once, across all accounts.",
+            "Most --exec runs at once, across all accounts (each account has at "
+            "most one run at a time).",
             _positiveInteger,
         ],
         [
