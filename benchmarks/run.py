@@ -276,6 +276,10 @@ def summaryValue(data: dict[str, Any] | None, name: str, key: str) -> Any:
     return data["summary"][name].get(key)
 
 
+#: A cell for a client that is not part of that experiment.
+NA = "–"
+
+
 @dataclass(frozen=True)
 class Target:
     text: str
@@ -319,7 +323,7 @@ class Row:
             fmt(self.yadiskpush),
             fmt(self.twisted),
             fmt(self.slixmpp),
-            self.target.text if self.target else "-",
+            self.target.text if self.target else NA,
             verdict + (f" {self.note}" if self.note else ""),
         ]
 
@@ -365,8 +369,8 @@ def rows(
             summaryValue(
                 throughput, "yadiskpush-observer", "rate_vs_slixmpp_paired_median"
             ),
-            None,
-            None,
+            NA,
+            NA,
             None,
         ),
         Row(
@@ -376,8 +380,8 @@ def rows(
                 "yadiskpush-observer",
                 "cpu_per_push_vs_slixmpp_paired_median",
             ),
-            None,
-            None,
+            NA,
+            NA,
             None,
         ),
     ]
@@ -391,9 +395,9 @@ def rows(
         ),
         Row(
             "  same, the Twisted client with one shared TLS context",
-            None,
+            NA,
             summaryValue(handshake, "twisted-tuned", "vs_slixmpp_paired_median"),
-            None,
+            NA,
             None,
         ),
     ]
@@ -411,7 +415,7 @@ def rows(
                 f"KiB per idle connection, {conns:,} connections",
                 summaryValue(data, ydp, "kib_per_conn"),
                 summaryValue(data, tw, "kib_per_conn"),
-                None,
+                NA,
                 # Fixed costs dominate a few connections: the target is for many.
                 atMost(64, " KiB") if conns >= 1000 else None,
                 digits=1,
@@ -423,10 +427,20 @@ def rows(
                 f"{conns:,} connections: time to establish all, s",
                 summaryValue(data, ydp, "establish_s"),
                 summaryValue(data, tw, "establish_s"),
-                None,
+                NA,
                 atMost(60, " s") if tenThousand else None,
                 digits=1,
                 note=short,
+            )
+        )
+        out.append(
+            Row(
+                "  CPU seconds to establish all (wall time above)",
+                summaryValue(data, ydp, "establish_cpu_s"),
+                summaryValue(data, tw, "establish_cpu_s"),
+                NA,
+                None,
+                digits=1,
             )
         )
         pings = f"ping every {size.pingInterval:g} s"
@@ -435,7 +449,7 @@ def rows(
                 f"{conns:,} connections: idle CPU %, {pings}",
                 summaryValue(data, ydp, "hold_cpu_pct"),
                 summaryValue(data, tw, "hold_cpu_pct"),
-                None,
+                NA,
                 atMost(4, " %") if tenThousand and size.pingInterval == 30 else None,
                 digits=2,
                 note=short,
@@ -486,6 +500,8 @@ def main() -> int:
     runner = Runner(peers, benchDir, results)
 
     startedAt = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    # make bench installed this tree into the yadiskpush venv just before.
+    revision = projectRevision()
     loadBefore = loadAverage()
     idleRuns = list(size.idle) if "idle" in only else []
     limits: list[str] = []
@@ -575,7 +591,7 @@ def main() -> int:
             f"{name} venv: {venvVersions(venv(name), distributions)}"
             for name, distributions in VENV_DISTRIBUTIONS.items()
         ),
-        f"yadiskpush built from {projectRevision()}",
+        f"yadiskpush installed from {revision}",
         f"harness: {peers}",
         "runs: " + "; ".join(runner.log),
     ]
