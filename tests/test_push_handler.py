@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import Logger, capturedLogs
@@ -11,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from wokkel.generic import parseXml
 
 from tests.support import connectedStream, sentElements
-from yadiskpush.delivery.pipeline import DeliveryPipeline, fanOut
+from yadiskpush.delivery.pipeline import DeliveryPipeline, _quoteAttribute, fanOut
 from yadiskpush.handlers.push import PushHandler
 from yadiskpush.notification import Notification
 
@@ -113,6 +116,43 @@ class PushTests(SynchronousTestCase):
         xs, _ = attach(PushHandler(received.append, clock=Clock()))
         xs.dataReceived(pushStanza(1))
         self.assertEqual(received[0].login, "")
+
+
+class PushRouteTests(SynchronousTestCase):
+    """On our stream, pushes skip the XPath observers but not the keepalive."""
+
+    def test_observersOfEveryStanzaSeePushes(self) -> None:
+        """A "/*" observer (the keepalive's sign of life) sees every push."""
+        received: list[Notification] = []
+        xs, transport = attach(PushHandler(received.append, clock=Clock()))
+        seen: list[str] = []
+        xs.addObserver("/*", lambda e: seen.append(e["id"]), 100)
+        xs.dataReceived(pushStanza(1) + b"<iq type='get' id='other'/>")
+        self.assertEqual(seen, ["push-1", "other"])
+        self.assertEqual([n.stanzaId for n in received], ["push-1"])
+        self.assertEqual(xs.stanzasReceived, 2)
+
+    def test_pushesGoStraightToTheHandler(self) -> None:
+        """Other observers of IQ sets do not see a push; the handler acks it."""
+        received: list[Notification] = []
+        xs, transport = attach(PushHandler(received.append, clock=Clock()))
+        others: list[object] = []
+        xs.addObserver("/iq[@type='set']", others.append, 10)
+        xs.dataReceived(pushStanza(1))
+        self.assertEqual((len(received), others), (1, []))
+        [ack] = sentElements(transport.value())
+        self.assertEqual((ack["type"], ack["id"]), ("result", "push-1"))
+
+    def test_payloadAfterAnotherChild(self) -> None:
+        """A push whose payload is not the first child still arrives."""
+        received: list[Notification] = []
+        xs, transport = attach(PushHandler(received.append, clock=Clock()))
+        xs.dataReceived(
+            b"<iq type='set' id='p' from='ya.ru'><x xmlns='urn:x'/>"
+            b"<query xmlns='yandex:push:disk' t='1'/></iq>"
+        )
+        self.assertEqual([n.attributes["t"] for n in received], ["1"])
+        self.assertEqual(sentElements(transport.value())[0]["type"], "result")
 
 
 class PushWhileClosingTests(SynchronousTestCase):
@@ -283,6 +323,18 @@ class PipelineTests(SynchronousTestCase):
         pipeline.receive(iq, Notification.fromStanza(iq, 0.0))
         [answer] = [parseXml(x) for x in sent]
         self.assertEqual((answer["id"], answer["to"]), ("a'<b", "test@ya.ru/x&y"))
+
+    @given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"])))
+    def test_answerQuotesAsQuoteattr(self, value: str) -> None:
+        """Ids and addresses are quoted exactly as quoteattr quotes them."""
+        self.assertEqual(_quoteAttribute(value), quoteattr(value))
+
+    def test_deliverMayAnswerWithNone(self) -> None:
+        """A receiver that returns None has taken the push: it is acked."""
+        pipeline, sent = self._pipeline(lambda n: None)
+        pipeline.receive(*notification(1))
+        self.assertEqual([parseXml(x)["type"] for x in sent], ["result"])
+        self.assertEqual(pipeline.waiting, 0)
 
 
 class FanOutTests(SynchronousTestCase):

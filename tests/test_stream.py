@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.words.xish import domish
 
 from tests.support import SERVER_HEADER, connectedStream, watchedStream
-from yadiskpush.connection.stream import redactTraffic
+from yadiskpush.connection.stream import PushXmlStream, redactTraffic
 from yadiskpush.errors import ProtocolViolation
 
 
@@ -148,3 +152,118 @@ class StartTLSInjectionTests(SynchronousTestCase):
             + b"<iq type='set' id='injected'/>"
         )
         self.assertEqual(seen, [])
+
+
+PUSH = (
+    b"<iq type='set' id='p1' from='ya.ru'><query xmlns='yandex:push:disk' t='1'/></iq>"
+)
+
+
+class RouteTests(SynchronousTestCase):
+    """routeStanzas: one kind of stanza straight to one handler."""
+
+    def routed(self) -> tuple[PushXmlStream, list[Any], list[Any]]:
+        """A stream routing pushes to a list, with an IQ-set observer beside."""
+        xs, transport = connectedStream()
+        routed: list[Any] = []
+        observed: list[Any] = []
+        xs.routeStanzas("iq", "set", "yandex:push:disk", routed.append)
+        xs.addObserver("/iq[@type='set']", observed.append)
+        return xs, routed, observed
+
+    def test_routedNotDispatched(self) -> None:
+        """A push goes to its route and to no XPath observer of its kind."""
+        xs, routed, observed = self.routed()
+        xs.dataReceived(PUSH)
+        self.assertEqual(([e["id"] for e in routed], observed), (["p1"], []))
+
+    def test_otherKindsDispatched(self) -> None:
+        """Another type, another payload or no payload is dispatched as before."""
+        xs, routed, observed = self.routed()
+        xs.dataReceived(
+            b"<iq type='get' id='g'><query xmlns='yandex:push:disk'/></iq>"
+            b"<iq type='set' id='s'><x xmlns='urn:x'/></iq>"
+            b"<iq type='set' id='e'/>"
+        )
+        self.assertEqual(([e["id"] for e in observed], routed), (["s", "e"], []))
+
+    def test_firstChildElementDecides(self) -> None:
+        """Text before the payload does not hide it from the route."""
+        xs, routed, observed = self.routed()
+        xs.dataReceived(
+            b"<iq type='set' id='t'> <query xmlns='yandex:push:disk'/></iq>"
+        )
+        self.assertEqual([e["id"] for e in routed], ["t"])
+
+    def test_everyStanzaObserversFirst(self) -> None:
+        """Observers of every stanza see a routed one, by priority, first."""
+        xs, routed, observed = self.routed()
+        order: list[str] = []
+        xs.addObserver("/*", lambda e, tag: order.append(tag), -5, "low")
+        xs.addObserver("/*", lambda e, tag: order.append(tag), 100, tag="high")
+        xs.routeStanzas(
+            "iq", "set", "yandex:push:disk", lambda e: order.append("route")
+        )
+        xs.dataReceived(PUSH)
+        self.assertEqual(order, ["high", "low", "route"])
+
+    def test_removedObserverNoLongerSees(self) -> None:
+        """removeObserver takes an every-stanza observer off routed stanzas too."""
+        xs, routed, observed = self.routed()
+        seen: list[Any] = []
+        xs.addObserver("/*", seen.append)
+        xs.removeObserver("/*", seen.append)
+        xs.dataReceived(PUSH)
+        self.assertEqual((seen, len(routed)), ([], 1))
+
+    def test_failingRouteLogged(self) -> None:
+        """A route that raises is logged; the stream reads on."""
+        xs, transport = connectedStream()
+
+        def boom(element: Any) -> None:
+            raise ValueError("bad push")
+
+        xs.routeStanzas("iq", "set", "yandex:push:disk", boom)
+        seen: list[Any] = []
+        xs.addObserver("/iq[@type='get']", seen.append)
+        with capturedLogs() as events:
+            xs.dataReceived(PUSH + b"<iq type='get' id='after'/>")
+        self.assertEqual([e["id"] for e in seen], ["after"])
+        [event] = [e for e in events if e.get("log_failure") is not None]
+        event["log_failure"].trap(ValueError)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_countsEveryStanza(self) -> None:
+        """stanzasReceived counts routed and dispatched stanzas alike."""
+        xs, routed, observed = self.routed()
+        xs.dataReceived(PUSH + b"<iq type='result' id='r'/>" + PUSH)
+        self.assertEqual(xs.stanzasReceived, 3)
+
+    def test_injectedPushAfterResetDropped(self) -> None:
+        """A push injected in clear after <proceed/> never reaches its route."""
+        xs, seen = resettingOnProceed()
+        routed: list[Any] = []
+        xs.routeStanzas("iq", "set", "yandex:push:disk", routed.append)
+        xs.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" + PUSH)
+        self.assertEqual(routed, [])
+
+
+class SendTests(SynchronousTestCase):
+    """send() writes text as it is, and elements as Twisted does."""
+
+    def test_textSentAsUTF8AndLogged(self) -> None:
+        """Text goes to the transport as UTF-8, and to the traffic log."""
+        xs, transport = connectedStream()
+        logged: list[bytes] = []
+        xs.rawDataOutFn = logged.append
+        xs.send("<iq type='result' id='ф'/>")
+        self.assertEqual(transport.value(), "<iq type='result' id='ф'/>".encode())
+        self.assertEqual(logged, [transport.value()])
+
+    def test_elementSerializedAsBefore(self) -> None:
+        """An element is serialized in the stream's namespace, as Twisted does."""
+        xs, transport = connectedStream()
+        element = domish.Element(("jabber:client", "iq"))
+        element["type"] = "get"
+        xs.send(element)
+        self.assertEqual(transport.value(), b"<iq type='get'/>")

@@ -45,14 +45,30 @@ DEFAULT_MAX_WAITING = 1000
 
 def _answerHead(iq: Any, answerType: str) -> str:
     """``<iq type='…' id='…' to='…'`` for the answer to ``iq`` (unclosed)."""
-    parts = [f"<iq type='{answerType}'"]
-    stanzaId = iq.getAttribute("id")
+    attributes = iq.attributes
+    stanzaId = attributes.get("id")
+    sender = attributes.get("from")
+    head = f"<iq type='{answerType}'"
     if stanzaId is not None:
-        parts.append(f" id={quoteattr(stanzaId)}")
-    sender = iq.getAttribute("from")
+        head += f" id={_quoteAttribute(stanzaId)}"
     if sender:
-        parts.append(f" to={quoteattr(sender)}")
-    return "".join(parts)
+        head += f" to={_quoteAttribute(sender)}"
+    return head
+
+
+def _quoteAttribute(value: str) -> str:
+    """``quoteattr(value)``, without its cost for a value that needs nothing."""
+    if (
+        '"' in value
+        or "&" in value
+        or "<" in value
+        or ">" in value
+        or "\n" in value
+        or "\r" in value
+        or "\t" in value
+    ):
+        return quoteattr(value)
+    return f'"{value}"'
 
 
 def resultAnswer(iq: Any) -> str:
@@ -180,7 +196,8 @@ class DeliveryPipeline:
         except Exception:
             self._settled(Failure(), entry)
             return
-        if isinstance(result, defer.Deferred):
+        # None first: isinstance against Deferred (an ABC) is slow for None.
+        if result is not None and isinstance(result, defer.Deferred):
             result.addBoth(self._settled, entry)
         else:
             self._settled(None, entry)

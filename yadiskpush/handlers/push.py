@@ -80,6 +80,12 @@ class PushHandler(XMPPHandler):
             maxWaiting=self.maxWaiting,
         )
         self._accepted = _acceptedSenders(xs)
+        # Pushes are nearly all the traffic: on our stream they skip the
+        # XPath observers. The observer still takes a push whose payload is
+        # not the first child, and any push on a plain XmlStream.
+        routeStanzas = getattr(xs, "routeStanzas", None)
+        if routeStanzas is not None:
+            routeStanzas("iq", "set", NS_DISK_PUSH, self.onIQSet)
         xs.addObserver(IQ_SET, self.onIQSet)
 
     def connectionLost(self, reason: object) -> None:
