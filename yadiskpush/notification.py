@@ -51,6 +51,10 @@ def serializeElement(element: domish.Element) -> str:
     """
     Serialize ``element`` and everything below it, without recursion.
 
+    Stanzas without namespace prefixes or namespaced attributes (every push
+    the vendor sends) take a shorter loop that needs no prefix bookkeeping;
+    anything else is written by the general one. Both give the same text.
+
     The result is character for character what ``element.toXml()`` gives
     (same prefixes, namespace declarations, escaping and self-closing tags):
     this is domish's ``_ListSerializer.serialize`` with its recursion turned
@@ -63,6 +67,132 @@ def serializeElement(element: domish.Element) -> str:
         or ``domish.SerializedXML``.
     :returns: the XML text.
     """
+    simple = _serializeUnprefixed(element)
+    if simple is not None:
+        return simple
+    return _serializeAny(element)
+
+
+def _serializeUnprefixed(element: domish.Element) -> str | None:
+    """
+    :func:`serializeElement` for a tree that declares no prefixes, has no
+    namespaced attribute and puts every element in its default namespace;
+    ``None`` as soon as it meets anything else.
+
+    What domish writes for such a tree is only ``<name``, an ``xmlns`` where
+    the default namespace changes, the attributes, and the children (the
+    prefix branches of :func:`_serializeAny` are never taken there). A
+    stanza whose children have no children of their own (a push) needs no
+    work stack at all.
+    """
+    start = _startTag(element, "")
+    if start is None:
+        return None
+    tag, defaultUri = start
+    children = element.children
+    if not children:
+        return tag + "/>"
+    parts = [tag, ">"]
+    for child in children:
+        if isinstance(child, str):
+            parts.append(
+                child
+                if isinstance(child, domish.SerializedXML)
+                else domish.escapeToXml(child)
+            )
+        elif child.children:
+            return _serializeNested(element)
+        else:
+            start = _startTag(child, defaultUri)
+            if start is None:
+                return None
+            parts.append(start[0])
+            parts.append("/>")
+    parts.append(f"</{element.name}>")
+    return "".join(parts)
+
+
+def _serializeNested(element: domish.Element) -> str | None:
+    """:func:`_serializeUnprefixed` for any depth, with a work stack."""
+    out: list[str] = []
+    write = out.append
+    # Items: (node, default namespace of its parent), or an end tag to write.
+    work: list[tuple[Any, str] | str] = [(element, "")]
+    pop = work.pop
+    while work:
+        item = pop()
+        if type(item) is str:
+            write(item)
+            continue
+        node, currentDefaultUri = item  # type: ignore[misc]
+        if isinstance(node, str):
+            write(
+                node
+                if isinstance(node, domish.SerializedXML)
+                else domish.escapeToXml(node)
+            )
+            continue
+        start = _startTag(node, currentDefaultUri)
+        if start is None:
+            return None
+        tag, defaultUri = start
+        write(tag)
+        children = node.children
+        if children:
+            write(">")
+            work.append(f"</{node.name}>")
+            work.extend([(child, defaultUri) for child in reversed(children)])
+        else:
+            write("/>")
+    return "".join(out)
+
+
+def _startTag(node: domish.Element, parentDefaultUri: str) -> tuple[str, str] | None:
+    """
+    The start tag of ``node`` without its closing ``>`` or ``/>``, and its
+    default namespace; ``None`` if it needs a prefix (then only
+    :func:`_serializeAny` can write it).
+    """
+    if node.localPrefixes:
+        return None
+    defaultUri = node.defaultUri
+    if defaultUri is None:
+        defaultUri = parentDefaultUri
+    uri = node.uri
+    if uri is None:
+        uri = defaultUri
+    if uri != defaultUri or uri in _GLOBAL_PREFIXES:
+        return None
+    if defaultUri != parentDefaultUri:
+        tag = f"<{node.name} xmlns='{defaultUri}'"
+    else:
+        tag = f"<{node.name}"
+    attributes = node.attributes
+    if not attributes:
+        return tag, defaultUri
+    try:
+        # Concatenation raises TypeError on a namespaced (tuple) name or a
+        # value that is not text: those are left to _serializeAny.
+        text = "".join([" " + k + "='" + v + "'" for k, v in attributes.items()])
+    except TypeError:
+        return None
+    # Looking once at all the values costs less than escaping each; every
+    # quote beyond the two around each value is in a value.
+    if (
+        "&" in text
+        or "<" in text
+        or ">" in text
+        or '"' in text
+        or text.count("'") != 2 * len(attributes)
+    ):
+        text = "".join(
+            [f" {k}='{domish.escapeToXml(v, 1)}'" for k, v in attributes.items()]
+        )
+    return tag + text, defaultUri
+
+
+def _serializeAny(element: domish.Element) -> str:
+    """:func:`serializeElement` for any tree, prefixes and all."""
     out: list[str] = []
     write = out.append
     prefixes: dict[str, str] = dict(_GLOBAL_PREFIXES)
@@ -176,22 +306,23 @@ class _SerializedOnFirstUse:
     """
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self._key = f"_{name}Source"
+        #: Where the instance dict keeps the source (text or element).
+        self.key = f"_{name}Source"
 
     def __get__(self, instance: object, owner: type | None = None) -> str:
         if instance is None:
             # No class-level default: the field is required.
-            raise AttributeError(self._key)
-        source = instance.__dict__[self._key]
+            raise AttributeError(self.key)
+        source = instance.__dict__[self.key]
         if not isinstance(source, str):
             source = serializeElement(source)
-            instance.__dict__[self._key] = source
+            instance.__dict__[self.key] = source
         return source
 
     def __set__(self, instance: object, value: str | domish.Element) -> None:
         # Only the dataclass __init__ gets here: frozen instances refuse
         # assignment before a descriptor is consulted.
-        instance.__dict__[self._key] = value
+        instance.__dict__[self.key] = value
 
 
 def _attributeName(key: str | tuple[str, str]) -> str:
@@ -203,9 +334,17 @@ def _attributeName(key: str | tuple[str, str]) -> str:
 
 
 def _freezeAttributes(element: domish.Element) -> Mapping[str, str]:
-    return MappingProxyType(
-        {_attributeName(k): str(v) for k, v in element.attributes.items()}
-    )
+    attributes = element.attributes
+    try:
+        # What the parser gives: plain names and text values, copied as they
+        # are (both joins raise TypeError on anything else).
+        "".join(attributes)
+        "".join(attributes.values())
+    except TypeError:
+        return MappingProxyType(
+            {_attributeName(k): str(v) for k, v in attributes.items()}
+        )
+    return MappingProxyType(dict(attributes))
 
 
 def _ownText(element: domish.Element) -> str:
@@ -355,20 +494,34 @@ class Notification:
 
         :raises ValueError: if the stanza has no such payload.
         """
-        payload = next((e for e in iq.elements() if e.uri == NS_DISK_PUSH), None)
-        if payload is None:
+        for payload in iq.children:
+            if not isinstance(payload, str) and payload.uri == NS_DISK_PUSH:
+                break
+        else:
             raise ValueError("the stanza carries no yandex:push:disk payload")
-        return cls(
-            stanzaId=iq.getAttribute("id", ""),
-            sender=iq.getAttribute("from", ""),
-            recipient=iq.getAttribute("to", ""),
-            receivedAt=receivedAt,
-            element=payload.name,
-            attributes=_freezeAttributes(payload),
-            children=tuple(PushChild.fromElement(c) for c in payload.elements()),
-            rawXml=iq,
-            login=login,
-        )
+        attributes = iq.attributes
+        fields = {
+            "stanzaId": attributes.get("id", ""),
+            "sender": attributes.get("from", ""),
+            "recipient": attributes.get("to", ""),
+            "receivedAt": receivedAt,
+            "element": payload.name,
+            "attributes": _freezeAttributes(payload),
+            "children": tuple([PushChild.fromElement(c) for c in payload.elements()])
+            if payload.children
+            else (),
+            "login": login,
+        }
+        if cls is not Notification:
+            return cls(rawXml=iq, **fields)
+        # A frozen dataclass's __init__ sets each field through
+        # object.__setattr__, which costs more than all the rest of this
+        # method; the instance dict gets the same values at once (the
+        # descriptor of rawXml keeps its source under its own key).
+        notification = object.__new__(cls)
+        fields[_RAW_XML.key] = iq
+        notification.__dict__.update(fields)
+        return notification
 
     def toJSON(self) -> dict[str, Any]:
         """
@@ -397,3 +550,7 @@ class Notification:
         if len(self.children) > 3:
             parts.append(f"(+{len(self.children) - 3} more)")
         return " ".join(p for p in parts if p)
+
+
+# The rawXml descriptor, whose key fromStanza fills directly.
+_RAW_XML: _SerializedOnFirstUse = Notification.__dict__["rawXml"]
