@@ -15,11 +15,13 @@ import os
 import socket
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, main, reactor, task
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from wokkel.generic import parseXml
 from zope.interface import implementer
 
@@ -27,7 +29,7 @@ from yadiskpush.delivery.sinks import DeliveryFailed, JSONLinesSink, Sink
 from yadiskpush.delivery.sinks._fdwriter import DescriptorWriter, WriteFailed
 from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
 from yadiskpush.errors import ConfigurationError
-from yadiskpush.notification import Notification
+from yadiskpush.notification import Notification, PushChild
 
 #: A path this long makes a line of about 8 KiB (the path is in the JSON
 #: twice: as text and in the raw XML), so a pipe fills in a few lines.
@@ -155,11 +157,17 @@ class JSONLinesSinkTestCase(TestCase):
         for number in range(1, 1000):
             notification = bigNotification(number)
             d = sink.deliver(notification)
-            if not d.called:
-                return written, d
-            self.successResultOf(d)
+            if d is not None:
+                if not d.called:
+                    return written, d
+                self.successResultOf(d)
             written.append(notification)
         self.fail("the pipe never filled")
+
+    def assertTaken(self, result: defer.Deferred[None] | None) -> None:
+        """deliver took the line: at once (``None``) or by a fired Deferred."""
+        if result is not None:
+            self.assertIsNone(self.successResultOf(result))
 
     def logged(self, level: LogLevel) -> list[str]:
         """The sink's log lines of ``level``."""
@@ -187,7 +195,7 @@ class RegularFileTests(JSONLinesSinkTestCase):
         sink = self.openSink()
         notifications = [makeNotification(i) for i in range(3)]
         for n in notifications:
-            self.successResultOf(sink.deliver(n))
+            self.assertTaken(sink.deliver(n))
         lines = self.readLines()
         self.assertEqual(lines[-1], "")
         self.assertEqual(
@@ -195,11 +203,17 @@ class RegularFileTests(JSONLinesSinkTestCase):
             [n.toJSON() for n in notifications],
         )
 
+    def test_writtenAtOnceCostsNoDeferred(self) -> None:
+        """A line written whole at once is reported by returning None."""
+        sink = self.openSink()
+        self.assertIsNone(sink.deliver(makeNotification(1)))
+        self.assertEqual(len(self.readLines()), 2)
+
     def test_everyLineNamesItsAccount(self) -> None:
         """Each line starts with the notification's login, as its first key."""
         sink = self.openSink()
         for login in ("alice", "bob"):
-            self.successResultOf(sink.deliver(makeNotification(1, login=login)))
+            self.assertTaken(sink.deliver(makeNotification(1, login=login)))
         lines = self.readLines()[:-1]
         self.assertEqual(
             [json.loads(line)["login"] for line in lines], ["alice", "bob"]
@@ -212,7 +226,7 @@ class RegularFileTests(JSONLinesSinkTestCase):
         with open(self.path, "w", encoding="utf-8") as f:
             f.write('{"old": true}\n')
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         lines = self.readLines()
         self.assertEqual(json.loads(lines[0]), {"old": True})
         self.assertEqual(json.loads(lines[1])["id"], "push1")
@@ -220,7 +234,7 @@ class RegularFileTests(JSONLinesSinkTestCase):
     def test_nonASCIIWrittenAsUTF8(self) -> None:
         """Non-ASCII text is written as UTF-8, not as \\u escapes."""
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1, "/disk/Фото.jpg")))
+        self.assertTaken(sink.deliver(makeNotification(1, "/disk/Фото.jpg")))
         with open(self.path, "rb") as f:
             raw = f.read()
         self.assertIn("Фото".encode(), raw)
@@ -230,7 +244,7 @@ class RegularFileTests(JSONLinesSinkTestCase):
         """U+2028, U+2029 and U+0085 in a value do not split the line."""
         sink = self.openSink()
         name = "/disk/a\u2028b\u2029c\u0085d"
-        self.successResultOf(sink.deliver(makeNotification(1, name)))
+        self.assertTaken(sink.deliver(makeNotification(1, name)))
         with open(self.path, encoding="utf-8", newline="") as f:
             text = f.read()
         self.assertEqual(len(text.splitlines()), 1)
@@ -268,7 +282,7 @@ class RegularFileTests(JSONLinesSinkTestCase):
         self.patch(sink, "_write", _failingWrite([10]))
         self.failureResultOf(sink.deliver(makeNotification(1)), DeliveryFailed)
         self.patch(sink, "_write", os.write)
-        self.successResultOf(sink.deliver(makeNotification(2)))
+        self.assertTaken(sink.deliver(makeNotification(2)))
         lines = self.readLines()
         self.assertEqual(len(lines[0]), 10)
         self.assertEqual(json.loads(lines[1])["id"], "push2")
@@ -284,7 +298,7 @@ class RegularFileTests(JSONLinesSinkTestCase):
             return taken[-1]
 
         self.patch(sink, "_write", writeSome)
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.assertGreater(len(taken), 1)
         self.assertEqual(json.loads(self.readLines()[0])["id"], "push1")
 
@@ -312,7 +326,7 @@ class RegularFileTests(JSONLinesSinkTestCase):
         reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         self.addCleanup(os.close, reader)
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.successResultOf(sink.close())
         self.successResultOf(sink.close())
         self.assertEqual(json.loads(readAvailable(reader))["id"], "push1")
@@ -325,10 +339,10 @@ class ReopenTests(JSONLinesSinkTestCase):
     def test_renamedFileIsReopened(self) -> None:
         """After a rename, the next line lands in a new file at the path."""
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         os.rename(self.path, self.path + ".1")
-        self.successResultOf(sink.deliver(makeNotification(2)))
-        self.successResultOf(sink.deliver(makeNotification(3)))
+        self.assertTaken(sink.deliver(makeNotification(2)))
+        self.assertTaken(sink.deliver(makeNotification(3)))
         self.assertEqual(
             [json.loads(line)["id"] for line in self.readLines(self.path + ".1")[:-1]],
             ["push1"],
@@ -346,11 +360,11 @@ class ReopenTests(JSONLinesSinkTestCase):
         """When another file took the path (logrotate's ``create``), the next
         line lands in it, not in the renamed one."""
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         os.rename(self.path, self.path + ".1")
         with open(self.path, "w", encoding="utf-8") as f:
             f.write('{"new": true}\n')
-        self.successResultOf(sink.deliver(makeNotification(2)))
+        self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertEqual(len(self.readLines(self.path + ".1")), 2)
         lines = self.readLines()
         self.assertEqual(json.loads(lines[0]), {"new": True})
@@ -359,9 +373,9 @@ class ReopenTests(JSONLinesSinkTestCase):
     def test_deletedFileIsReopened(self) -> None:
         """After a delete, the next line lands in a new file at the path."""
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         os.unlink(self.path)
-        self.successResultOf(sink.deliver(makeNotification(2)))
+        self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertEqual(
             [json.loads(line)["id"] for line in self.readLines()[:-1]], ["push2"]
         )
@@ -371,28 +385,28 @@ class ReopenTests(JSONLinesSinkTestCase):
         """While the path names the open file, nothing is reopened or logged."""
         sink = self.openSink()
         for number in range(3):
-            self.successResultOf(sink.deliver(makeNotification(number)))
+            self.assertTaken(sink.deliver(makeNotification(number)))
         self.assertEqual(self.logged(LogLevel.info), [])
         self.assertEqual(len(self.readLines()), 4)
 
     def test_reopenOnRequest(self) -> None:
         """reopen() opens the path again at once (creating it), as on SIGHUP."""
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         os.rename(self.path, self.path + ".1")
         sink.reopen()
         self.assertTrue(os.path.exists(self.path))
         self.assertEqual(self.logged(LogLevel.info), [f"Reopened {self.path}"])
-        self.successResultOf(sink.deliver(makeNotification(2)))
+        self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertEqual(json.loads(self.readLines()[0])["id"], "push2")
         self.assertEqual(len(self.logged(LogLevel.info)), 1)
 
     def test_reopenKeepsAppending(self) -> None:
         """reopen() on a file that was not moved appends to the same file."""
         sink = self.openSink()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         sink.reopen()
-        self.successResultOf(sink.deliver(makeNotification(2)))
+        self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertEqual(
             [json.loads(line)["id"] for line in self.readLines()[:-1]],
             ["push1", "push2"],
@@ -405,14 +419,14 @@ class ReopenTests(JSONLinesSinkTestCase):
         os.mkdir(directory)
         path = os.path.join(directory, "out.jsonl")
         sink = self.openSink(path)
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         os.rename(directory, directory + ".old")
         failure = self.failureResultOf(sink.deliver(makeNotification(2)))
         failure.trap(DeliveryFailed)
         self.assertIn("No such file or directory", str(failure.value))
         self.assertEqual(len(self.logged(LogLevel.error)), 1)
         os.mkdir(directory)
-        self.successResultOf(sink.deliver(makeNotification(3)))
+        self.assertTaken(sink.deliver(makeNotification(3)))
         self.assertEqual(
             [json.loads(line)["id"] for line in self.readLines(path)[:-1]], ["push3"]
         )
@@ -429,14 +443,14 @@ class ReopenTests(JSONLinesSinkTestCase):
         sink.reopen()
         self.assertEqual(len(self.logged(LogLevel.error)), 1)
         os.mkdir(directory)
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.assertEqual(json.loads(self.readLines(path)[0])["id"], "push1")
 
     def test_reopenStdoutDoesNothing(self) -> None:
         """reopen() with ``-`` keeps writing to the same standard output."""
         sink, readEnd = self.pipeSink()
         sink.reopen()
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.assertEqual(json.loads(readAvailable(readEnd))["id"], "push1")
         self.assertEqual(self.logged(LogLevel.info), [])
 
@@ -451,7 +465,7 @@ class ReopenTests(JSONLinesSinkTestCase):
         self.assertIn("nothing is reading it", str(failure.value))
         reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         self.addCleanup(os.close, reader)
-        self.successResultOf(sink.deliver(makeNotification(2)))
+        self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertEqual(json.loads(readAvailable(reader))["id"], "push2")
 
 
@@ -467,7 +481,7 @@ class StandardOutputTests(JSONLinesSinkTestCase):
         os.set_blocking(stderrRead, False)
         sink = self.openSink("-", stdoutFD=stdoutWrite, stderrFD=stderrWrite)
         os.write(stdoutWrite, b"a log line\n")
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.assertEqual(readAvailable(stderrRead), b"a log line\n")
         self.assertEqual(readAvailable(stdoutRead), encodeJSONLine(makeNotification(1)))
 
@@ -486,7 +500,7 @@ class StandardOutputTests(JSONLinesSinkTestCase):
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
         sink = self.openSink("-", stdoutFD=ours.fileno(), stderrFD=None)
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.assertEqual(json.loads(theirs.recv(65536).decode("utf-8"))["id"], "push1")
         self.successResultOf(sink.close())
         self.assertFalse(fcntl.fcntl(ours.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
@@ -496,7 +510,7 @@ class StandardOutputTests(JSONLinesSinkTestCase):
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.addCleanup(os.close, fd)
         sink = self.openSink("-", stdoutFD=fd, stderrFD=None)
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.successResultOf(sink.close())
         self.assertEqual(json.loads(self.readLines()[0])["id"], "push1")
 
@@ -523,6 +537,12 @@ class StandardOutputTests(JSONLinesSinkTestCase):
 
 class NonBlockingTests(JSONLinesSinkTestCase):
     """A stalled reader never blocks: lines wait, in order, up to a bound."""
+
+    def test_pipeThatTakesTheLineCostsNoDeferred(self) -> None:
+        """A pipe with room takes the line at once: deliver returns None."""
+        sink, readEnd = self.pipeSink()
+        self.assertIsNone(sink.deliver(makeNotification(1)))
+        self.assertEqual(json.loads(readAvailable(readEnd))["id"], "push1")
 
     def test_stalledPipeWaitsThenFiresInOrder(self) -> None:
         """Lines wait unfired while the pipe is full, and fire in order, with
@@ -566,6 +586,7 @@ class NonBlockingTests(JSONLinesSinkTestCase):
         refused = []
         for number in range(901, 910):
             d = sink.deliver(bigNotification(number))
+            assert d is not None
             if d.called:
                 refused.append(self.failureResultOf(d))
             else:
@@ -598,7 +619,7 @@ class NonBlockingTests(JSONLinesSinkTestCase):
     def test_bigLineAcceptedWhenNothingWaits(self) -> None:
         """A single line longer than maxBuffer is taken when nothing waits."""
         sink, readEnd = self.pipeSink(maxBuffer=1024)
-        self.successResultOf(sink.deliver(bigNotification(1)))
+        self.assertTaken(sink.deliver(bigNotification(1)))
         self.assertEqual(json.loads(readAvailable(readEnd))["id"], "push1")
 
     def test_brokenPipe(self) -> None:
@@ -750,7 +771,7 @@ class CloseTests(JSONLinesSinkTestCase):
     def test_closeWithNothingWaiting(self) -> None:
         """With nothing waiting, close fires at once."""
         sink, readEnd = self.pipeSink(clock=task.Clock())
-        self.successResultOf(sink.deliver(makeNotification(1)))
+        self.assertTaken(sink.deliver(makeNotification(1)))
         self.successResultOf(sink.close())
         self.assertEqual(json.loads(readAvailable(readEnd))["id"], "push1")
 
@@ -767,3 +788,67 @@ def _failingWrite(accept: list[int]) -> Any:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     return write
+
+
+def referenceLine(notification: Notification) -> bytes:
+    """The line as json.dumps writes it: what encodeJSONLine must give."""
+    text = json.dumps(notification.toJSON(), ensure_ascii=False)
+    for char in "\u0085\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text.encode("utf-8") + b"\n"
+
+
+_anyText = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8
+)
+
+
+@st.composite
+def notifications(draw: Any) -> Notification:
+    """Notifications with any text in every field, and now and then a child."""
+    children: tuple[PushChild, ...] = ()
+    if draw(st.booleans()):
+        child = parseXml(b"<op xmlns='yandex:push:disk' a='1'>x<b/></op>")
+        children = (PushChild.fromElement(child),)
+    return Notification(
+        stanzaId=draw(_anyText),
+        sender=draw(_anyText),
+        recipient=draw(_anyText),
+        receivedAt=draw(
+            st.one_of(st.floats(), st.integers(-(2**60), 2**60), st.just(1.5))
+        ),
+        element=draw(_anyText),
+        attributes=draw(st.dictionaries(_anyText, _anyText, max_size=3)),
+        children=children,
+        rawXml=draw(_anyText),
+        login=draw(_anyText),
+    )
+
+
+class EncodeJSONLineTests(SynchronousTestCase):
+    """encodeJSONLine writes, byte for byte, what json.dumps writes."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(notifications())
+    def test_sameAsJSONDumps(self, notification: Notification) -> None:
+        """Any text, any number, with or without children: the same line."""
+        self.assertEqual(encodeJSONLine(notification), referenceLine(notification))
+
+    def test_fieldsOfAnotherType(self) -> None:
+        """A field that is not text (built by hand) is written as json would."""
+        notification = Notification(
+            "i",
+            None,
+            "r",
+            1.0,
+            "query",
+            {"n": 1},
+            (),
+            "<iq/>",  # type: ignore[arg-type]
+        )
+        self.assertEqual(encodeJSONLine(notification), referenceLine(notification))
+
+    def test_receivedPush(self) -> None:
+        """A push as received, its raw XML serialized on the way."""
+        notification = makeNotification(7, '/disk/\u2028"q"\\')
+        self.assertEqual(encodeJSONLine(notification), referenceLine(notification))

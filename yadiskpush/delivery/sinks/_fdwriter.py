@@ -97,23 +97,41 @@ class DescriptorWriter:
         """How many chunks are not (completely) written yet."""
         return len(self._queue)
 
-    def write(self, data: bytes) -> defer.Deferred[None]:
+    def write(self, data: bytes) -> defer.Deferred[None] | None:
         """
         Write ``data`` after every chunk before it.
 
-        :returns: a Deferred that fires once every byte of ``data`` was
-            written to the descriptor, or fails with :class:`WriteFailed`.
-            Cancelling it drops ``data`` if none of it was written yet; a
-            chunk already partly written is finished regardless, so that the
-            output is not torn.
+        :returns: ``None`` if all of ``data`` was written at once (nothing
+            waited before it and the descriptor took it whole: the usual
+            case with a reader that keeps up, which then costs no
+            Deferred); otherwise a Deferred that fires once every byte of
+            ``data`` was written to the descriptor, or fails with
+            :class:`WriteFailed`. Cancelling it drops ``data`` if none of it
+            was written yet; a chunk already partly written is finished
+            regardless, so that the output is not torn.
         """
-        chunk = _Chunk(data, self._cancel)
-        self._queue.append(chunk)
-        self._pending += len(data)
-        if len(self._queue) == 1:
+        written = 0
+        if not self._queue:
             # Nothing waits before it: try at once, so a reader that keeps
             # up sees the line (and the push is acknowledged) without
             # waiting for the next reactor turn.
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                # _flush meets the error again and fails the chunk as it
+                # fails any.
+                written = 0
+            else:
+                if written == len(data):
+                    self.torn = False
+                    return None
+        chunk = _Chunk(data, self._cancel)
+        chunk.written = written
+        self._queue.append(chunk)
+        self._pending += len(data) - written
+        if len(self._queue) == 1:
             self._flush()
         return chunk.done
 
