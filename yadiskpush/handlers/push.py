@@ -95,22 +95,22 @@ class PushHandler(XMPPHandler):
 
     @answersExactlyOnce
     def onIQSet(self, iq: domish.Element) -> None:
-        payload = None
-        for child in iq.elements():
-            if child.uri == NS_DISK_PUSH:
-                payload = child
+        # iq.elements() checks an interface per child; the children of a
+        # parsed stanza are elements or text.
+        for child in iq.children:
+            if not isinstance(child, str) and child.uri == NS_DISK_PUSH:
                 break
-        if payload is None:
+        else:
             return
         iq.handled = True
-        xs = self.xmlstream
-        if not self._fromOurServer(iq.getAttribute("from")):
+        sender = iq.attributes.get("from")
+        if not self._fromOurServer(sender):
             self._log.warn(
                 "Refused a Disk push from {sender}: pushes come only from the "
                 "server or your own account",
-                sender=iq.getAttribute("from"),
+                sender=sender,
             )
-            sendAnswer(xs, iq, errorAnswer(iq, "service-unavailable"))
+            sendAnswer(self.xmlstream, iq, errorAnswer(iq, "service-unavailable"))
             return
         # A payload that cannot be read raises: the guard answers it with
         # internal-server-error and one log line.
