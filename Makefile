@@ -95,4 +95,4 @@ bench-zlib: install
 	$(BIN)/python benchmarks/pushes.py
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) build docs/_build *.egg-info _trial_temp
+	rm -rf $(VENV) $(LOWEST_VENV) .bench build docs/_build *.egg-info _trial_temp
