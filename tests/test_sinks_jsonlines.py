@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, main, reactor, task
 from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -336,11 +337,20 @@ class RegularFileTests(JSONLinesSinkTestCase):
 class ReopenTests(JSONLinesSinkTestCase):
     """A renamed or deleted file is followed by a new one, as logrotate expects."""
 
+    def openSink(self, path: str | None = None, **kwargs: Any) -> JSONLinesSink:
+        # The path is checked once per reactor turn: the clock makes turns.
+        self.clock = kwargs.setdefault("clock", Clock())
+        return super().openSink(path, **kwargs)
+
+    def nextTurn(self) -> None:
+        self.clock.advance(0)
+
     def test_renamedFileIsReopened(self) -> None:
         """After a rename, the next line lands in a new file at the path."""
         sink = self.openSink()
         self.assertTaken(sink.deliver(makeNotification(1)))
         os.rename(self.path, self.path + ".1")
+        self.nextTurn()
         self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertTaken(sink.deliver(makeNotification(3)))
         self.assertEqual(
@@ -364,6 +374,7 @@ class ReopenTests(JSONLinesSinkTestCase):
         os.rename(self.path, self.path + ".1")
         with open(self.path, "w", encoding="utf-8") as f:
             f.write('{"new": true}\n')
+        self.nextTurn()
         self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertEqual(len(self.readLines(self.path + ".1")), 2)
         lines = self.readLines()
@@ -375,11 +386,28 @@ class ReopenTests(JSONLinesSinkTestCase):
         sink = self.openSink()
         self.assertTaken(sink.deliver(makeNotification(1)))
         os.unlink(self.path)
+        self.nextTurn()
         self.assertTaken(sink.deliver(makeNotification(2)))
         self.assertEqual(
             [json.loads(line)["id"] for line in self.readLines()[:-1]], ["push2"]
         )
         self.assertEqual(len(self.logged(LogLevel.info)), 1)
+
+    def test_checkedOncePerTurn(self) -> None:
+        """Lines of one reactor turn go to the file open at its first line."""
+        sink = self.openSink()
+        self.assertTaken(sink.deliver(makeNotification(1)))
+        os.rename(self.path, self.path + ".1")
+        self.assertTaken(sink.deliver(makeNotification(2)))
+        self.nextTurn()
+        self.assertTaken(sink.deliver(makeNotification(3)))
+        self.assertEqual(
+            [json.loads(line)["id"] for line in self.readLines(self.path + ".1")[:-1]],
+            ["push1", "push2"],
+        )
+        self.assertEqual(
+            [json.loads(line)["id"] for line in self.readLines()[:-1]], ["push3"]
+        )
 
     def test_unchangedFileIsNotReopened(self) -> None:
         """While the path names the open file, nothing is reopened or logged."""
@@ -421,6 +449,7 @@ class ReopenTests(JSONLinesSinkTestCase):
         sink = self.openSink(path)
         self.assertTaken(sink.deliver(makeNotification(1)))
         os.rename(directory, directory + ".old")
+        self.nextTurn()
         failure = self.failureResultOf(sink.deliver(makeNotification(2)))
         failure.trap(DeliveryFailed)
         self.assertIn("No such file or directory", str(failure.value))
