@@ -225,10 +225,13 @@ class PushService(service.Service):
         took it, and refused if one failed. Override to receive
         notifications in a subclass.
         """
-        if not self._observers:
+        observers = self._observers
+        if len(observers) == 1:
+            return observers[0](notification)
+        if not observers:
             self.log.info("{summary}", summary=notification.summary())
             return None
-        return fanOut(list(self._observers), notification)
+        return fanOut(list(observers), notification)
 
     @property
     def jid(self) -> JID:
