@@ -59,6 +59,19 @@ class KeepaliveTests(SynchronousTestCase):
             xs.dataReceived(PING)
         self.assertEqual(transport.value(), b"")
 
+    def test_pingWithinOneAndAHalfIdleTimes(self) -> None:
+        """After the last stanza, the ping comes within 90 to 135 s of silence."""
+        clock = Clock()
+        xs, transport, dead = self._stream(clock)
+        clock.advance(1)
+        xs.dataReceived(PING)
+        transport.clear()
+        clock.advance(89)
+        self.assertEqual(transport.value(), b"")
+        clock.advance(45)
+        [ping] = sentElements(transport.value())
+        self.assertEqual(ping.ping.uri, "urn:xmpp:ping")
+
     def test_oneTimerWhileBusy(self) -> None:
         """Stanzas do not schedule timers: one stays pending however busy."""
         clock = Clock()

@@ -25,9 +25,12 @@ class KeepaliveHandler(XMPPHandler):
     a sign of life, so a healthy server that pings us itself is never pinged
     back.
 
-    Each stanza only stamps the time; one timer per connection checks the
-    stamp when it fires, instead of a timer cancelled and re-armed per
-    stanza.
+    An idle connection costs one timer and no observer: the timer fires every
+    half ``idleTimeout`` and compares the stream's count of stanzas
+    (``stanzasReceived``) with the count it saw before. So the ping goes out
+    after ``idleTimeout`` to 1.5 × ``idleTimeout`` seconds of silence
+    (exactly ``idleTimeout`` on a connection that never spoke), and nothing
+    at all is done per stanza.
     """
 
     _log = Logger()
@@ -45,18 +48,24 @@ class KeepaliveHandler(XMPPHandler):
         self.clock = clock
         self.idleTimeout = idleTimeout
         self.pingTimeout = pingTimeout
-        self.lastActivity = 0.0
-        self._pingSentAt: float | None = None
+        self._seen = 0
+        self._silentChecks = 0
+        self._pinging = False
         self._timer: IDelayedCall | None = None
+        self._dueAt = 0.0
         if log is not None:
             self._log = log
 
+    @property
+    def _step(self) -> float:
+        return self.idleTimeout / 2
+
     def connectionInitialized(self) -> None:
-        # Highest priority, so every stanza is stamped first.
-        self.xmlstream.addObserver("/*", self._onActivity, 100)
-        self.lastActivity = self.clock.seconds()
-        self._pingSentAt = None
-        self._arm(self.idleTimeout)
+        self._seen = self.xmlstream.stanzasReceived
+        self._silentChecks = 0
+        self._pinging = False
+        self._dueAt = self.clock.seconds()
+        self._arm(self._step)
 
     def connectionLost(self, reason: object) -> None:
         if self._timer is not None and self._timer.active():
@@ -64,34 +73,43 @@ class KeepaliveHandler(XMPPHandler):
         self._timer = None
 
     def _arm(self, delay: float) -> None:
-        self._timer = self.clock.callLater(delay, self._check)
-
-    def _onActivity(self, element: domish.Element) -> None:
-        self.lastActivity = self.clock.seconds()
+        # From when the last check was due, not from when it ran, so a late
+        # timer does not push every later check back; but never in the past:
+        # after a long stall the reactor reads what arrived before the next
+        # check looks.
+        now = self.clock.seconds()
+        self._dueAt = max(self._dueAt + delay, now)
+        self._timer = self.clock.callLater(self._dueAt - now, self._check)
 
     def _check(self) -> None:
         self._timer = None
-        now = self.clock.seconds()
-        if self._pingSentAt is not None:
-            if self.lastActivity >= self._pingSentAt:
-                self._log.debug("The server answered the keepalive ping")
-                self._pingSentAt = None
-            else:
-                self.xmlstream.dispatch(
+        xs = self.xmlstream
+        received = xs.stanzasReceived
+        heard, self._seen = received != self._seen, received
+        if self._pinging:
+            self._pinging = False
+            if not heard:
+                xs.dispatch(
                     ConnectionStalled(self.idleTimeout + self.pingTimeout),
                     CONNECTION_FAILED_EVENT,
                 )
-                transport = self.xmlstream.transport
+                transport = xs.transport
                 if transport is not None:
                     getattr(transport, "abortConnection", transport.loseConnection)()
                 return
-        idle = now - self.lastActivity
-        if idle < self.idleTimeout:
-            self._arm(self.idleTimeout - idle)
-            return
-        self._ping(now)
+            self._log.debug("The server answered the keepalive ping")
+            self._silentChecks = 0
+        elif heard:
+            self._silentChecks = 0
+        else:
+            self._silentChecks += 1
+            if self._silentChecks >= 2:
+                self._silentChecks = 0
+                self._ping()
+                return
+        self._arm(self._step)
 
-    def _ping(self, now: float) -> None:
+    def _ping(self) -> None:
         iq = domish.Element((None, "iq"))
         iq["type"] = "get"
         iq["to"] = self.domain()
@@ -100,6 +118,6 @@ class KeepaliveHandler(XMPPHandler):
         self._log.debug(
             "No data for {idle:g} s; pinging the server", idle=self.idleTimeout
         )
-        self._pingSentAt = now
+        self._pinging = True
         self.xmlstream.send(iq)
         self._arm(self.pingTimeout)
