@@ -6,14 +6,20 @@ guard that answers every IQ request exactly once.
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.words.protocols.jabber.xmlstream import toResponse
+from twisted.words.protocols.jabber.xmlstream import XmlStream, toResponse
 from twisted.words.xish import domish
 from wokkel.generic import FallbackHandler, parseXml
 from wokkel.subprotocols import XMPPHandler
 
-from tests.support import connectedStream, sentElements
+from tests.support import (
+    SERVER_HEADER,
+    FakeAuthenticator,
+    connectedStream,
+    sentElements,
+)
 from yadiskpush.handlers.guard import answersExactlyOnce, errorAnswer, sendAnswer
 from yadiskpush.handlers.ping import PingHandler
 from yadiskpush.handlers.version import VersionHandler
@@ -69,6 +75,33 @@ class PingTests(SynchronousTestCase):
             (reply["type"], reply["id"], reply["to"]), ("result", "ping_1", "ya.ru")
         )
         self.assertEqual(list(reply.elements()), [])
+
+    def test_plainXmlStream(self) -> None:
+        """On a stream without routes (Twisted's own) pings are still answered."""
+        xs = XmlStream(FakeAuthenticator())
+        transport = StringTransport()
+        xs.makeConnection(transport)
+        xs.dataReceived(SERVER_HEADER)
+        transport.clear()
+        for handler in (PingHandler(), VersionHandler("n", "1", os="Linux 6")):
+            handler.makeConnection(xs)
+            handler.connectionInitialized()
+        xs.dataReceived(PING + VERSION_QUERY)
+        replies = sentElements(transport.value())
+        self.assertEqual(
+            [(r["type"], r["id"]) for r in replies],
+            [("result", "ping_1"), ("result", "ask_version")],
+        )
+
+    def test_payloadNotFirstAnsweredByFallback(self) -> None:
+        """A ping payload after another child is not taken: the fallback refuses."""
+        xs, transport = attach(PingHandler(), FallbackHandler())
+        xs.dataReceived(
+            b"<iq from='ya.ru' type='get' id='p2'><x xmlns='urn:example'/>"
+            b"<ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        [reply] = sentElements(transport.value())
+        self.assertEqual((reply["type"], reply["id"]), ("error", "p2"))
 
 
 class FallbackTests(SynchronousTestCase):

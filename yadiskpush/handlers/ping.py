@@ -22,6 +22,14 @@ class PingHandler(XMPPHandler):
     The first ping of each session is logged at info level, later ones at
     debug, so a healthy connection does not fill the log. Every ping is
     answered exactly once (see :mod:`yadiskpush.handlers.guard`).
+
+    On our own stream pings are routed straight here
+    (:meth:`~yadiskpush.connection.stream.PushXmlStream.routeStanzas`): the
+    server pings every idle connection, and matching each ping against every
+    XPath observer of the stream, and keeping an observer per connection,
+    cost more than the answer. A ``get`` whose ``urn:xmpp:ping`` payload is
+    not its first child is then not taken here; wokkel's ``FallbackHandler``
+    answers it with an error.
     """
 
     _log = Logger()
@@ -34,7 +42,11 @@ class PingHandler(XMPPHandler):
 
     def connectionInitialized(self) -> None:
         self.answered = 0
-        self.xmlstream.addObserver(PING_REQUEST, self.onPing)
+        routeStanzas = getattr(self.xmlstream, "routeStanzas", None)
+        if routeStanzas is not None:
+            routeStanzas("iq", "get", NS_PING, self.onPing)
+        else:
+            self.xmlstream.addObserver(PING_REQUEST, self.onPing)
 
     @answersExactlyOnce
     def onPing(self, iq: domish.Element) -> None:

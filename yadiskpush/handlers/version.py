@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 
 from twisted.words.protocols.jabber.xmlstream import toResponse
@@ -18,6 +19,12 @@ VERSION_QUERY = f"/iq[@type='get']/query[@xmlns='{NS_VERSION}']"
 def operatingSystem() -> str:
     """A short OS description, e.g. ``Linux 6.1.0``."""
     return " ".join(p for p in (platform.system(), platform.release()) if p)
+
+
+@functools.cache
+def _thisOperatingSystem() -> str:
+    # One string for every handler of the process, not one per account.
+    return operatingSystem()
 
 
 class VersionHandler(XMPPHandler):
@@ -37,12 +44,18 @@ class VersionHandler(XMPPHandler):
         super().__init__()
         self.name = name
         self.version = version
-        self.os = operatingSystem() if os is None else os
+        self.os = _thisOperatingSystem() if os is None else os
         if log is not None:
             self._log = log
 
     def connectionInitialized(self) -> None:
-        self.xmlstream.addObserver(VERSION_QUERY, self.onVersion)
+        # Routed straight here on our stream, as pings are (see PingHandler):
+        # no XPath observer kept per connection for one query per session.
+        routeStanzas = getattr(self.xmlstream, "routeStanzas", None)
+        if routeStanzas is not None:
+            routeStanzas("iq", "get", NS_VERSION, self.onVersion)
+        else:
+            self.xmlstream.addObserver(VERSION_QUERY, self.onVersion)
 
     @answersExactlyOnce
     def onVersion(self, iq: domish.Element) -> None:
