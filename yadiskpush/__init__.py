@@ -17,6 +17,7 @@ from yadiskpush.errors import (  # noqa: E402
 )
 from yadiskpush.fleet import PushFleet  # noqa: E402
 from yadiskpush.handlers.push import PushHandler  # noqa: E402
+from yadiskpush.logs import setLogLevel  # noqa: E402
 from yadiskpush.notification import Notification, PushChild  # noqa: E402
 from yadiskpush.secret import Secret  # noqa: E402
 from yadiskpush.service import PushService  # noqa: E402
@@ -36,5 +37,6 @@ __all__ = [
     "Settings",
     "YaDiskPushError",
     "readAccounts",
+    "setLogLevel",
     "__version__",
 ]

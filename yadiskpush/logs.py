@@ -26,11 +26,18 @@ _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
 _filtered = FilteringLogObserver(globalLogPublisher, [_levels])
 
 
+#: The priority below which events are dropped before they are even built:
+#: a filtered-out debug line per ping costs more than the ping's answer.
+_PRIORITY = {level: n for n, level in enumerate(LogLevel.iterconstants())}
+_least = [_PRIORITY[LogLevel.debug]]
+
+
 def setLogLevel(level: str | LogLevel) -> None:
     """Log yadiskpush's events of ``level`` (a name such as ``"info"``) and up."""
     if isinstance(level, str):
         level = LogLevel.levelWithName(level.lower())
     _levels.setLogLevelForNamespace(None, level)  # type: ignore[arg-type]
+    _least[0] = _PRIORITY[level]
 
 
 class Logger(_TwistedLogger):
@@ -40,3 +47,8 @@ class Logger(_TwistedLogger):
         self, namespace: str | None = None, source: Any = None, observer: Any = None
     ) -> None:
         super().__init__(namespace, source, _filtered if observer is None else observer)
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if self.observer is _filtered and _PRIORITY[level] < _least[0]:
+            return
+        super().emit(level, format, **kwargs)
