@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.protocols.jabber.ijabber import IIQResponseTracker
 from wokkel.generic import parseXml
 
 from tests.support import SERVER_HEADER, connectedStream
@@ -101,6 +104,76 @@ class SessionOpenTests(SynchronousTestCase):
         other = self.factory.stream()
         self.assertIs(self.xs.authenticator.jid, other.authenticator.jid)
         self.assertEqual(self.xs.authenticator.jid.full(), "test@ya.ru/r")
+
+
+class HandshakeIQTests(SynchronousTestCase):
+    """Twisted's IQ.send works during the handshake; nothing stays after it."""
+
+    def setUp(self) -> None:
+        self.factory = _Factory(self)
+        self.xs = self.factory.stream()
+
+    def _answer(self, iq: xmlstream.IQ, kind: str = "result") -> None:
+        self.xs.dataReceived(
+            b"<iq type='%s' id='%s'/>" % (kind.encode(), iq["id"].encode())
+        )
+
+    def test_answered(self) -> None:
+        """A handshake IQ's result fires its Deferred."""
+        iq = xmlstream.IQ(self.xs, "set")
+        answers: list[object] = []
+        iq.send().addCallback(answers.append)
+        self._answer(iq)
+        [answer] = answers
+        self.assertEqual(answer["id"], iq["id"])
+
+    def test_errorAnswer(self) -> None:
+        """An error answer fails it with Twisted's StanzaError."""
+        iq = xmlstream.IQ(self.xs, "set")
+        d = iq.send()
+        self._answer(iq, "error")
+        self.failureResultOf(d, StanzaError)
+
+    def test_lostConnection(self) -> None:
+        """A handshake IQ still waiting when the stream ends fails."""
+        d = xmlstream.IQ(self.xs, "set").send()
+        self.xs.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, ConnectionLost)
+
+    def test_notTrackedOnceOpen(self) -> None:
+        """An open session no longer tracks IQs; a later IQ.send still works."""
+        bind = xmlstream.IQ(self.xs, "set")
+        bind.send()
+        self._answer(bind)
+        self.xs.dispatch(self.xs, xmlstream.STREAM_AUTHD_EVENT)
+        self.assertFalse(IIQResponseTracker.providedBy(self.xs))
+        iq = xmlstream.IQ(self.xs, "get")
+        answers: list[object] = []
+        iq.send().addCallback(answers.append)
+        self._answer(iq)
+        self.assertEqual(len(answers), 1)
+
+
+class BootstrapTests(SynchronousTestCase):
+    def test_oncePerStreamBootstrapsDoNotStay(self) -> None:
+        """A bootstrap of a once-per-stream event runs once and is dropped."""
+        factory = _Factory(self)
+        calls: list[object] = []
+        factory.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, calls.append)
+        xs = factory.stream()
+        xs.dispatch(xs, xmlstream.STREAM_AUTHD_EVENT)
+        xs.dispatch(xs, xmlstream.STREAM_AUTHD_EVENT)
+        self.assertEqual(calls, [xs])
+
+    def test_otherBootstrapsStay(self) -> None:
+        """A bootstrap of any other event stays for the stream's life."""
+        factory = _Factory(self)
+        calls: list[object] = []
+        factory.factory.addBootstrap("//event/test", calls.append)
+        xs = factory.stream()
+        xs.dispatch(1, "//event/test")
+        xs.dispatch(2, "//event/test")
+        self.assertEqual(calls, [1, 2])
 
 
 class BindTests(SynchronousTestCase):

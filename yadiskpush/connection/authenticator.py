@@ -20,12 +20,16 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import client, xmlstream
+from twisted.words.protocols.jabber import error as jabberError
+from twisted.words.protocols.jabber.ijabber import IIQResponseTracker
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
+from zope.interface import alsoProvides, noLongerProvides
 
 from yadiskpush.connection.attempt import Attempt
 from yadiskpush.connection.compression import CompressionInitiatingInitializer
@@ -46,10 +50,24 @@ from yadiskpush.settings import Settings
 #: subscription, dead link, a server that stopped reading).
 CONNECTION_FAILED_EVENT = "//event/yadiskpush/connection-failed"
 
+#: Dispatched on the stream (with the stream) once the server accepted the
+#: subscription: from here on, pushes arrive.
+SUBSCRIBED_EVENT = "//event/yadiskpush/subscribed"
+
+#: Events dispatched at most once on a stream: their bootstraps are
+#: installed as one-time observers (see PushXmlStreamFactory).
+ONCE_PER_STREAM = frozenset(
+    (xmlstream.STREAM_CONNECTED_EVENT, xmlstream.STREAM_AUTHD_EVENT, SUBSCRIBED_EVENT)
+)
+
 
 def requestedJID(settings: Settings) -> JID:
     """The JID a connection asks to bind: login, domain and resource."""
     return JID(tuple=(settings.login, settings.domain, settings.resource))
+
+
+_IQ_RESULT = '/iq[@type="result"]'
+_IQ_ERROR = '/iq[@type="error"]'
 
 
 class RequiredTLSInitializer(xmlstream.TLSInitiatingInitializer):
@@ -172,6 +190,7 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
             _Step("resource binding", BindInitializer(xs, required=True)),
             _Step("session", client.SessionInitializer(xs, required=False)),
         ]
+        self._trackHandshakeIQs(xs)
         xs.addObserver(xmlstream.INIT_FAILED_EVENT, self._initializationFailed)
         xs.addObserver(xmlstream.STREAM_ERROR_EVENT, self._streamError)
         xs.addObserver(xmlstream.STREAM_AUTHD_EVENT, self._sessionOpened)
@@ -256,7 +275,52 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
         xs.removeObserver(xmlstream.INIT_FAILED_EVENT, self._initializationFailed)
         xs.removeObserver(xmlstream.STREAM_AUTHD_EVENT, self._sessionOpened)
         xs.removeObserver(xmlstream.STREAM_END_EVENT, self._connectionEnded)
+        self._untrackHandshakeIQs(xs)
         xs.features = {}
+
+    # -- the handshake's IQs ----------------------------------------------
+    #
+    # Resource binding and session send IQs with Twisted's IQ.send, which
+    # needs a stream that tracks answers (IIQResponseTracker). Twisted's own
+    # upgradeWithIQResponseTracker adds three observers for good, closures no
+    # one can remove; the tracking here is the same, with observers that go
+    # once the session is open (wokkel's request() tracks the session's
+    # IQs). A later IQ.send on the stream upgrades it Twisted's way again.
+
+    def _trackHandshakeIQs(self, xs: PushXmlStream) -> None:
+        xs.iqDeferreds = {}
+        xs.iqDefaultTimeout = getattr(xs, "iqDefaultTimeout", None)
+        # After every other observer of the stream's end, as Twisted's: the
+        # service has read why the connection ended before the handshake's
+        # IQs fail with ConnectionLost.
+        xs.addObserver(xmlstream.STREAM_END_EVENT, self._failPendingIQs, -1)
+        xs.addObserver(_IQ_RESULT, self._onIQAnswer)
+        xs.addObserver(_IQ_ERROR, self._onIQAnswer)
+        alsoProvides(xs, IIQResponseTracker)
+
+    def _untrackHandshakeIQs(self, xs: PushXmlStream) -> None:
+        xs.removeObserver(xmlstream.STREAM_END_EVENT, self._failPendingIQs)
+        xs.removeObserver(_IQ_RESULT, self._onIQAnswer)
+        xs.removeObserver(_IQ_ERROR, self._onIQAnswer)
+        noLongerProvides(xs, IIQResponseTracker)
+
+    def _onIQAnswer(self, iq: Any) -> None:
+        if getattr(iq, "handled", False):
+            return
+        d = self.xmlstream.iqDeferreds.pop(iq.getAttribute("id"), None)
+        if d is None:
+            return
+        iq.handled = True
+        if iq["type"] == "error":
+            d.errback(jabberError.exceptionFromStanza(iq))
+        else:
+            d.callback(iq)
+
+    def _failPendingIQs(self, reason: Failure) -> None:
+        xs = self.xmlstream
+        pending, xs.iqDeferreds = xs.iqDeferreds, {}
+        for d in pending.values():
+            d.errback(ConnectionLost())
 
     def _connectionEnded(self, reason: Failure) -> None:
         # Only while the handshake runs (see _sessionOpened).
@@ -305,6 +369,19 @@ class PushXmlStreamFactory(XmlStreamFactoryMixin, Factory):
         xs.maxStanzaSize = self.settings.maxStanzaSize
         self.installBootstraps(xs)
         return xs
+
+    def installBootstraps(self, dispatcher: Any) -> None:
+        """
+        Install the bootstraps on a new stream; those of an event that
+        happens once per stream (:data:`ONCE_PER_STREAM`) as one-time
+        observers, so an open session, idle for days and thousands to a
+        process, does not keep them.
+        """
+        for event, fn in self.bootstraps:
+            if event in ONCE_PER_STREAM:
+                dispatcher.addOnetimeObserver(event, fn)
+            else:
+                dispatcher.addObserver(event, fn)
 
     def buildProtocol(self, addr: object) -> PushXmlStream:
         raise TypeError("streams are built per attempt: use buildStream(attempt)")

@@ -11,14 +11,15 @@ from twisted.words.xish import domish
 from wokkel.generic import Request
 from wokkel.subprotocols import XMPPHandler
 
-from yadiskpush.connection.authenticator import CONNECTION_FAILED_EVENT
+from yadiskpush.connection.authenticator import (
+    CONNECTION_FAILED_EVENT,
+    SUBSCRIBED_EVENT,
+)
 from yadiskpush.errors import SubscriptionFailed
 from yadiskpush.logs import Logger
 from yadiskpush.notification import NS_DISK_PUSH
 
-#: Dispatched on the stream (with the stream) once the server accepted the
-#: subscription: from here on, pushes arrive.
-SUBSCRIBED_EVENT = "//event/yadiskpush/subscribed"
+__all__ = ["SUBSCRIBED_EVENT", "SubscribeRequest", "SubscriptionHandler"]
 
 
 class SubscribeRequest(Request):
