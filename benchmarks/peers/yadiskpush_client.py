@@ -516,6 +516,10 @@ if __name__ == "__main__":
         systemBundle = systemTrustBundle(cfg.ca)
         cfg.ca = None
     level = LogLevel.debug if os.environ.get("YDP_DEBUGLOG") else LogLevel.warn
+    # The library's own level filter, as twistd --log-level sets it: events
+    # below it are not even built (hasattr: older releases had none).
+    if hasattr(yadiskpush, "setLogLevel"):
+        yadiskpush.setLogLevel(level)
     globalLogBeginner.beginLoggingTo(
         [
             FilteringLogObserver(
