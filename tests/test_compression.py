@@ -42,6 +42,23 @@ class LayerTests(SynchronousTestCase):
         first = deflater.deflate(b"<a/>")
         self.assertEqual(b"".join(inflater.inflate(first)), b"<a/>")
 
+    def test_smallWindowStillCompressesPushes(self) -> None:
+        """
+        The deflate state is small (a 1 KiB window, said in the zlib header)
+        and a push after a similar push still shrinks to under a quarter.
+        """
+        push = (
+            b"<iq type='set' id='%d' from='ya.ru'><query xmlns='yandex:push:disk'"
+            b" t='diff' uid='123456789' old='%d' new='%d'><op type='new' "
+            b"key='/disk/photos/IMG_%04d.jpg' resource_type='file' size='%d'/>"
+            b"</query></iq>"
+        )
+        deflater = Deflater()
+        first = deflater.deflate(push % (1, 1, 2, 1, 1000))
+        self.assertEqual(first[0] >> 4, 10 - 8)
+        second = push % (2, 2, 3, 2, 2000)
+        self.assertLess(len(deflater.deflate(second)), len(second) / 4)
+
     def test_inflateIsBounded(self) -> None:
         """A small compressed bomb comes out in bounded pieces, not at once."""
         bomb = zlib.compress(b"a" * (10 * 1024 * 1024))
