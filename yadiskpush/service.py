@@ -445,9 +445,12 @@ class PushService(service.Service):
 
             xs.rawDataInFn = logIn
             xs.rawDataOutFn = logOut
+        if not self.settings.compress:
+            # Observers cost memory on every idle connection of a fleet.
+            return
         xs.addObserver(
             COMPRESSION_STARTED_EVENT,
-            lambda _: self.log.info("Compression enabled (zlib)"),
+            lambda _: self.log.debug("Compression enabled (zlib)"),
         )
         xs.addObserver(
             COMPRESSION_REFUSED_EVENT,

@@ -211,7 +211,7 @@ class YandexAuthenticator(xmlstream.ConnectAuthenticator):
             # Data arrived through TLS, so the certificate passed verification
             # (after STARTTLS, or on the direct-TLS port).
             self._tlsReported = True
-            self._log.info(
+            self._log.debug(
                 "TLS established; certificate verified for {host}",
                 host=", ".join(self.attempt.tls.referenceIdentities),
             )

@@ -78,7 +78,7 @@ class YandexOAuthInitializer(sasl.SASLInitiatingInitializer):
 
     def onSuccess(self, success: domish.Element) -> None:
         authenticator = self.xmlstream.authenticator
-        authenticator._log.info(
+        authenticator._log.debug(
             "Authenticated as {login} (X-YANDEX-OAUTH)", login=authenticator.login
         )
         super().onSuccess(success)

@@ -19,8 +19,8 @@ class PingHandler(XMPPHandler):
     the sender. A copy of ``wokkel.ping.PingHandler``'s behaviour, since that
     module cannot be imported on current Twisted (see the package docstring).
 
-    The first ping of each session is logged at info level, later ones at
-    debug, so a healthy connection does not fill the log. Every ping is
+    Each answer is logged at debug level (a handshake-like step: at 10,000
+    accounts, even one line per session would bury the log). Every ping is
     answered exactly once (see :mod:`yadiskpush.handlers.guard`).
 
     On our own stream pings are routed straight here
@@ -52,10 +52,7 @@ class PingHandler(XMPPHandler):
     def onPing(self, iq: domish.Element) -> None:
         sendAnswer(self.xmlstream, iq, toResponse(iq, "result"))
         self.answered += 1
-        emit = self._log.info if self.answered == 1 else self._log.debug
-        emit(
-            "Answered a ping from {sender} (later pings are logged at debug level)"
-            if self.answered == 1
-            else "Answered a ping from {sender}",
+        self._log.debug(
+            "Answered a ping from {sender}",
             sender=iq.getAttribute("from", "the server"),
         )

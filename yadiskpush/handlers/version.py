@@ -66,7 +66,7 @@ class VersionHandler(XMPPHandler):
         if self.os:
             query.addElement("os", content=self.os)
         sendAnswer(self.xmlstream, iq, response)
-        self._log.info(
+        self._log.debug(
             "Answered the version query from {sender}: {name} {version}",
             sender=iq.getAttribute("from", "the server"),
             name=self.name,
