@@ -57,7 +57,8 @@ class Settings:
     :ivar maxStanzaSize: bytes one stanza (or the stream header) may take.
     :ivar logTraffic: log the raw XML, with the SASL payload redacted.
     :ivar idleTimeout: seconds of silence from the server before the client
-        pings it to check that the link is alive.
+        pings it to check that the link is alive (checked every half of it:
+        the ping goes out after 1 to 1.5 times this silence).
     :ivar pingTimeout: seconds to wait for that ping's answer before
         dropping the connection and reconnecting; also how long the server
         may leave the client's outgoing data unread.
