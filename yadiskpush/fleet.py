@@ -28,7 +28,6 @@ from twisted.internet import defer, task
 from yadiskpush.accounts import AccountsChange, compareAccounts
 from yadiskpush.connection.context import ConnectionContext
 from yadiskpush.connection.handshakes import DEFAULT_MAX_HANDSHAKES, HandshakeGate
-from yadiskpush.delivery.pipeline import fanOut
 from yadiskpush.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -40,7 +39,12 @@ from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
 from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.secret import Secret
-from yadiskpush.service import NotificationObserver, PushService, _Waiters
+from yadiskpush.service import (
+    NotificationObserver,
+    PushService,
+    _Waiters,
+    notifyObservers,
+)
 from yadiskpush.settings import Settings
 
 #: Reconnects per second the fleet spreads a mass reconnect over: 10,000
@@ -238,13 +242,7 @@ class PushFleet(service.MultiService):
         self._observers.remove(observer)
 
     def _deliver(self, notification: Notification) -> Any:
-        observers = self._observers
-        if len(observers) == 1:
-            return observers[0](notification)
-        if not observers:
-            self._log.info("{summary}", summary=notification.summary())
-            return None
-        return fanOut(list(observers), notification)
+        return notifyObservers(self._observers, notification, self._log)
 
     # -- state ----------------------------------------------------------------
 

@@ -61,6 +61,21 @@ from yadiskpush.settings import Settings
 NotificationObserver = Callable[[Notification], "defer.Deferred[Any] | None"]
 
 
+def notifyObservers(
+    observers: list[NotificationObserver], notification: Notification, log: Logger
+) -> Any:
+    """
+    Hand ``notification`` to ``observers`` (one costs no list copy and no
+    Deferred); with none, log it as one line so that it is not lost silently.
+    """
+    if len(observers) == 1:
+        return observers[0](notification)
+    if not observers:
+        log.info("{summary}", summary=notification.summary())
+        return None
+    return fanOut(list(observers), notification)
+
+
 class _Waiters:
     """Deferreds waiting for one kind of event; each fires once."""
 
@@ -225,13 +240,7 @@ class PushService(service.Service):
         took it, and refused if one failed. Override to receive
         notifications in a subclass.
         """
-        observers = self._observers
-        if len(observers) == 1:
-            return observers[0](notification)
-        if not observers:
-            self.log.info("{summary}", summary=notification.summary())
-            return None
-        return fanOut(list(observers), notification)
+        return notifyObservers(self._observers, notification, self.log)
 
     @property
     def jid(self) -> JID:
