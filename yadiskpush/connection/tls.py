@@ -91,7 +91,11 @@ def shareOneKey(context: SSL.Context) -> bool:
     # CertificateOptions does on OpenSSL 1.0.2 (test_tls fails if they go).
     from OpenSSL._util import lib
 
-    if lib.SSL_CTX_set1_curves_list(context._context, KEY_SHARE_GROUPS) == 1:
+    setGroups = getattr(lib, "SSL_CTX_set1_curves_list", None)
+    if setGroups is None:
+        # Older cryptography wheels do not bind it: keep OpenSSL's default.
+        return False
+    if setGroups(context._context, KEY_SHARE_GROUPS) == 1:
         return True
     # A list this OpenSSL refuses leaves its default, and an error queued
     # that the next call would otherwise report as its own.
