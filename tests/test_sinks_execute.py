@@ -832,8 +832,8 @@ def exited(status: int = 0, signalNumber: int | None = None) -> Failure:
     return Failure(error.ProcessTerminated(status, signalNumber))
 
 
-class ExecSinkClockTests(TestCase):
-    """Retries and the close grace, on a Clock: no real process, no waiting."""
+class FakeLauncherTestCase(TestCase):
+    """An ExecSink on a fake process reactor, a fake journal and a log recorder."""
 
     def setUp(self) -> None:
         self.reactor = FakeProcessReactor()
@@ -850,6 +850,10 @@ class ExecSinkClockTests(TestCase):
             log=Logger(observer=cast(ILogObserver, self.recorder)),
             **kwargs,
         )
+
+
+class ExecSinkClockTests(FakeLauncherTestCase):
+    """Retries and the close grace, on a Clock: no real process, no waiting."""
 
     def endRun(self, index: int, reason: Failure | None = None) -> None:
         """The process of the ``index``-th spawn exits and its pipes close."""
@@ -1004,25 +1008,9 @@ class ExecSinkClockTests(TestCase):
         self.assertTrue(self.journal.closed)
 
 
-class AccountsClockTests(TestCase):
+class AccountsClockTests(FakeLauncherTestCase):
     """Runs per account, at most maxJobs at once, fair between accounts, on
     a fake process launcher: every spawn and exit is the test's move."""
-
-    def setUp(self) -> None:
-        self.reactor = FakeProcessReactor()
-        self.journal = FakeJournal()
-        self.recorder = LogRecorder()
-
-    def makeSink(self, **kwargs: Any) -> ExecSink:
-        kwargs.setdefault("journal", self.journal)
-        return ExecSink(
-            "cat",
-            None,
-            reactor=self.reactor,
-            environ={"PATH": "/bin"},
-            log=Logger(observer=cast(ILogObserver, self.recorder)),
-            **kwargs,
-        )
 
     def deliver(self, sink: ExecSink, login: str, *numbers: int) -> None:
         """Deliver the pushes ``numbers`` of ``login``, each journaled."""
