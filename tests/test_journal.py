@@ -22,6 +22,7 @@ from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from yadiskpush.cli.options import Options
 from yadiskpush.delivery import journal as journalModule
 from yadiskpush.delivery.journal import (
     JOURNAL_NAME,
@@ -33,7 +34,6 @@ from yadiskpush.delivery.journal import (
     loginOfLine,
 )
 from yadiskpush.errors import ConfigurationError
-from yadiskpush.options import Options
 from yadiskpush.statedir import ensureStateDir, resolveStateDir
 
 

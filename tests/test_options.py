@@ -1,4 +1,4 @@
-"""Tests for yadiskpush.options: every mistake is a one-line usage error."""
+"""Tests for yadiskpush.cli.options: every mistake is a one-line usage error."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from yadiskpush.options import Options
+from yadiskpush.cli.options import Options
 
 TOKEN = "AQAAAAA-secret-token"
 

@@ -47,7 +47,7 @@ class DemoService(service.Service):
     _log = Logger(namespace="yadiskpush.demo")
 
     def __init__(self, options: Any, reactor: Any) -> None:
-        from yadiskpush.options import buildSinks
+        from yadiskpush.cli.options import buildSinks
 
         self.options = options
         self.reactor = reactor

@@ -351,5 +351,5 @@ class PluginTests(TwistdTestCase):
         self.assertEqual(process.exitCode, 0, process.text())
         packageFile, modules, pluginPath = process.lines[:3]
         self.assertEqual(Path(packageFile), REPOSITORY / "yadiskpush" / "__init__.py")
-        self.assertEqual(modules, "['yadiskpush.options']")
+        self.assertEqual(modules, "['yadiskpush.cli.options']")
         self.assertIn(repr(str(REPOSITORY / "twisted" / "plugins")), pluginPath)

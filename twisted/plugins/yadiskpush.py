@@ -1,10 +1,10 @@
-"""twistd plugin: ``twistd yadiskpush``. Everything else is in yadiskpush.options."""
+"""twistd plugin: ``twistd yadiskpush``; everything else is in yadiskpush.cli."""
 
 from twisted.application.service import ServiceMaker
 
 yadiskpush = ServiceMaker(
     "yadiskpush",
-    "yadiskpush.options",
+    "yadiskpush.cli.options",
     "Yandex.Disk push notification client (XMPP)",
     "yadiskpush",
 )
