@@ -16,15 +16,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # A regular (not editable) install: twistd finds plugins only in an installed
-# twisted/plugins directory, and this is what users get.
-install: $(BIN)/python
+# twisted/plugins directory, and this is what users get. It is made again only
+# when a file it is built from changed (the stamp is written last, so a failed
+# install is tried again): make test installs once, not once per step.
+SOURCES := setup.cfg pyproject.toml README.md $(shell find yadiskpush twisted -name '*.py' 2>/dev/null)
+
+$(VENV)/installed: $(BIN)/python $(SOURCES)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check ".[test,docs]"
+	rm -rf build
+	touch $@
+
+install: $(VENV)/installed
 
 demo: install
 	$(BIN)/twistd --nodaemon --pidfile= yadiskpush --demo
 
 lint: install
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 
 docs: install
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
@@ -42,6 +50,7 @@ $(LOWEST_BIN)/python:
 test-lowest: $(LOWEST_BIN)/python
 	$(LOWEST_BIN)/python -m pip install --quiet --disable-pip-version-check \
 		-c constraints-lowest.txt ".[test]"
+	rm -rf build
 	$(LOWEST_BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # make bench: yadiskpush among its peers (the harness in benchmarks/peers/) on
@@ -82,6 +91,7 @@ $(BENCH_DIR)/venv-yadiskpush/bin/python:
 bench-venvs: $(BENCH_DIR)/venv-slixmpp/installed $(BENCH_DIR)/venv-twisted/installed \
 		$(BENCH_DIR)/venv-yadiskpush/bin/python
 	$(BENCH_DIR)/venv-yadiskpush/bin/python $(BENCH_PIP) .
+	rm -rf build
 
 bench: bench-venvs
 	$(PYTHON) benchmarks/run.py --size $(BENCH_SIZE) --peers $(BENCH_PEERS) \
@@ -94,5 +104,8 @@ bench-smoke:
 bench-zlib: install
 	$(BIN)/python benchmarks/pushes.py
 
+# Everything the targets above make; the tests leave nothing behind themselves.
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) .bench build docs/_build *.egg-info _trial_temp
+	rm -rf $(VENV) $(LOWEST_VENV) $(BENCH_DIR) build dist docs/_build *.egg-info \
+		_trial_temp* tests.* .hypothesis .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
