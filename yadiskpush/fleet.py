@@ -19,7 +19,7 @@ fleet logs a one-line summary whenever the counts changed, at most once per
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application import service
@@ -135,6 +135,7 @@ class PushFleet(service.MultiService):
         self._accounts: dict[str, PushService] = {}
         self._tokens: dict[str, Secret] = {}
         self._observers: list[NotificationObserver] = []
+        self._countObservers: list[Callable[[PushFleet], None]] = []
         self._subscribed: set[str] = set()
         self._gaveUp: dict[str, YaDiskPushError] = {}
         self._settledWaiters = _Waiters()
@@ -170,6 +171,7 @@ class PushFleet(service.MultiService):
         self._accounts[login] = push
         self._tokens[login] = token
         push.setServiceParent(self)
+        self._countsChanged()
         return push
 
     def remove(self, login: str) -> defer.Deferred[None]:
@@ -185,6 +187,7 @@ class PushFleet(service.MultiService):
         self._gaveUp.pop(login, None)
         d = push.disownServiceParent()
         self._checkSettled()
+        self._countsChanged()
         return d if d is not None else defer.succeed(None)
 
     def update(self, login: str, token: Secret) -> None:
@@ -269,8 +272,21 @@ class PushFleet(service.MultiService):
         else:
             self._gaveUp.pop(login, None)
         self._checkSettled()
+        self._countsChanged()
         if self._gaveUp and len(self._gaveUp) == len(self._accounts):
             self._allGaveUp.fire(self._giveUpError())
+
+    def addCountObserver(self, observer: Callable[[PushFleet], None]) -> None:
+        """
+        Call ``observer(fleet)`` whenever an account is added, removed, or
+        changes state (subscribed, lost, gave up), so that a status shown
+        elsewhere (systemd's ``STATUS=``) follows the counts without polling.
+        """
+        self._countObservers.append(observer)
+
+    def _countsChanged(self) -> None:
+        for observer in list(self._countObservers):
+            observer(self)
 
     def _giveUpError(self) -> YaDiskPushError:
         if len(self._gaveUp) == 1:
