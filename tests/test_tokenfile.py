@@ -257,3 +257,19 @@ class WriteTokenFileTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             writeTokenFile(os.path.join(blocker, "sub", "token.json"), fullTokenFile())
         self.assertIn(blocker, str(caught.exception))
+
+
+class SecretFromFileTests(SynchronousTestCase):
+    def test_jsonFile(self) -> None:
+        """Secret.fromFile gives a JSON token file's access token."""
+        path = self.mktemp()
+        writeTokenFile(path, fullTokenFile())
+        self.assertEqual(Secret.fromFile(path), (Secret(ACCESS), []))
+
+    def test_jsonFileWithoutAccessToken(self) -> None:
+        """Secret.fromFile refuses a JSON file with no access token."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(json.dumps({"refresh_token": REFRESH}))
+        with self.assertRaises(ConfigurationError):
+            Secret.fromFile(path)

@@ -10,7 +10,6 @@ the value, and only the SASL mechanism calls it.
 from __future__ import annotations
 
 import os
-import stat
 from typing import NoReturn
 
 from yadiskpush.errors import ConfigurationError
@@ -58,34 +57,19 @@ class Secret:
     @classmethod
     def fromFile(cls, path: str) -> tuple[Secret, list[str]]:
         """
-        Read a token from the first line of ``path``.
+        Read the access token from a token file: the JSON file that
+        ``yadiskpush token`` writes, or the first line of a plain one.
 
         :return: the secret and a list of warnings for the user (a file that
             other users can read).
-        :raises ConfigurationError: if the file cannot be read or is empty.
+        :raises ConfigurationError: if the file cannot be read, is empty, or
+            is JSON without a usable ``access_token``.
         """
-        warnings: list[str] = []
-        try:
-            with open(path, encoding="utf-8") as tokenFile:
-                mode = os.fstat(tokenFile.fileno()).st_mode
-                content = tokenFile.read(64 * 1024)
-        except OSError as e:
-            raise ConfigurationError(
-                f"cannot read the token file {path}: {e.strerror or e}"
-            ) from None
-        except UnicodeDecodeError:
-            raise ConfigurationError(
-                f"the token file {path} is not UTF-8 text"
-            ) from None
-        if mode & (stat.S_IRGRP | stat.S_IROTH):
-            warnings.append(
-                f"the token file {path} can be read by other users; "
-                f"run: chmod 600 {path}"
-            )
-        lines = content.strip().splitlines()
-        if not lines or not lines[0].strip():
-            raise ConfigurationError(f"the token file {path} is empty")
-        return cls(lines[0].strip()), warnings
+        # Imported here: the token file module builds on this one.
+        from yadiskpush.oauth.tokenfile import readTokenFile
+
+        tokenFile, warnings = readTokenFile(path)
+        return tokenFile.accessToken, warnings
 
     @classmethod
     def fromEnvironment(cls, environ: dict[str, str] | None = None) -> Secret | None:
