@@ -10,7 +10,11 @@ arguments are readable by every user of the machine.
 from __future__ import annotations
 
 import errno
+import getopt
+import math
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -27,50 +31,154 @@ from yadiskpush.settings import (
     Settings,
 )
 
+#: Where a usage error sends the reader.
+HELP_HINT = "see twistd yadiskpush --help"
 
-def _positiveSeconds(value: str) -> float:
-    seconds = float(value)
-    if not seconds > 0:
-        raise ValueError("must be a positive number of seconds")
-    return seconds
-
-
-_positiveSeconds.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+#: The least --max-stanza-size :class:`Settings` accepts.
+MIN_STANZA_SIZE = 4096
 
 
-def _tlsPortCoerce(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{port} is not a port number (0 to 65535)")
-    return port
+def coerce(doc: str) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    """
+    Mark a function as an option's coerce: ``doc`` is what ``--help`` says the
+    option accepts, and the function's ``ValueError`` text is shown as is,
+    after the option's name (``--port: 'abc' is not a port number ...``).
+
+    A coerce not marked so (``int``, ``float``, another helper's function)
+    still gets its option named, but its exception text, which may be
+    Python's ("invalid literal for int() ..."), is replaced by its
+    ``coerceDoc``.
+    """
+
+    def mark(function: Callable[[str], Any]) -> Callable[[str], Any]:
+        function.coerceDoc = doc  # type: ignore[attr-defined]
+        function.explains = True  # type: ignore[attr-defined]
+        return function
+
+    return mark
 
 
-_tlsPortCoerce.coerceDoc = "0 disables the fallback."  # type: ignore[attr-defined]
-
-
-def _positiveInteger(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be a whole number, at least 1")
+def _number(value: str, kind: type[int] | type[float], expected: str) -> Any:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not {expected}") from None
+    if kind is float and not math.isfinite(number):
+        raise ValueError(f"{value!r} is not {expected}")
     return number
 
 
-_positiveInteger.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
+@coerce("Seconds, greater than 0.")
+def _positiveSeconds(value: str) -> float:
+    expected = "a number of seconds greater than 0"
+    if not _number(value, float, expected) > 0:
+        raise ValueError(f"{value!r} is not {expected}")
+    return float(value)
+
+
+def _port(value: str, low: int) -> int:
+    expected = f"a port number ({low} to 65535)"
+    port = _number(value, int, expected)
+    if not low <= port <= 65535:
+        raise ValueError(f"{value!r} is not {expected}")
+    return int(port)
+
+
+@coerce("A port number, 1 to 65535.")
+def _portCoerce(value: str) -> int:
+    return _port(value, 1)
+
+
+@coerce("A port number, 1 to 65535; 0 disables the fallback.")
+def _tlsPortCoerce(value: str) -> int:
+    return _port(value, 0)
+
+
+@coerce("A whole number, at least 1.")
+def _positiveInteger(value: str) -> int:
+    expected = "a whole number, at least 1"
+    if _number(value, int, expected) < 1:
+        raise ValueError(f"{value!r} is not {expected}")
+    return int(value)
+
+
+@coerce(f"Bytes, at least {MIN_STANZA_SIZE}.")
+def _stanzaSize(value: str) -> int:
+    expected = f"a size in bytes, at least {MIN_STANZA_SIZE}"
+    if _number(value, int, expected) < MIN_STANZA_SIZE:
+        raise ValueError(f"{value!r} is not {expected}")
+    return int(value)
+
 
 #: --log-level's choices, in Twisted's names.
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
+@coerce(f"One of {', '.join(LOG_LEVELS)}.")
 def _logLevel(value: str) -> str:
     level = value.lower()
     if level == "warning":
         level = "warn"
     if level not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
     return level
 
 
-_logLevel.coerceDoc = f"One of {', '.join(LOG_LEVELS)}."  # type: ignore[attr-defined]
+class _NamedParameter(usage.CoerceParameter):
+    """
+    Twisted's coerced parameter, whose errors name the option and say what
+    it accepts instead of "Parameter type enforcement failed: <Python's
+    exception text>". :meth:`Options._gather_parameters` gives every
+    parameter one, so an option added later gets it without asking.
+    """
+
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        if value is None or (value == "" and self.coerce is str):
+            # An empty text (--host "") would otherwise fail later, in words
+            # that do not name the option.
+            raise usage.UsageError(f"--{parameterName} needs a value; {HELP_HINT}")
+        try:
+            coerced = self.coerce(value)
+        except ValueError as e:
+            if getattr(self.coerce, "explains", False):
+                reason = str(e)
+            elif self.doc:
+                reason = f"{value!r} is not accepted ({self.doc.rstrip('.')})"
+            else:
+                reason = f"{value!r} is not accepted"
+            raise usage.UsageError(f"--{parameterName}: {reason}") from None
+        self.options.opts[parameterName] = coerced
+
+
+def _getoptMessage(error: getopt.GetoptError, longOptions: list[str]) -> str:
+    """getopt's complaint, in the words of the other usage errors."""
+    option = ("--" if len(error.opt) > 1 else "-") + error.opt
+    if error.msg.endswith("requires argument"):
+        return f"{option} needs a value; {HELP_HINT}"
+    if error.msg.endswith("must not have an argument"):
+        return f"{option} takes no value; {HELP_HINT}"
+    if error.msg.endswith("not a unique prefix"):
+        names = sorted(
+            "--" + name.rstrip("=")
+            for name in longOptions
+            if name.startswith(error.opt)
+        )
+        return f"{option} is short for more than one of {', '.join(names)}"
+    return f"{error.msg}; {HELP_HINT}"
+
+
+def versionText() -> str:
+    """yadiskpush's version and those of the two libraries it builds on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from twisted import __version__ as twistedVersion
+    from yadiskpush import __version__
+
+    try:
+        wokkelVersion = version("wokkel")
+    except PackageNotFoundError:  # pragma: no cover - wokkel is a dependency
+        wokkelVersion = "not installed"
+    return f"yadiskpush {__version__}\nTwisted {twistedVersion}\nwokkel {wokkelVersion}"
 
 
 class Options(usage.Options):
@@ -107,7 +215,7 @@ class Options(usage.Options):
             DEFAULT_HOST,
             "Host to connect to; its certificate must name it.",
         ],
-        ["port", None, DEFAULT_PORT, "STARTTLS port.", usage.portCoerce],
+        ["port", None, DEFAULT_PORT, "STARTTLS port.", _portCoerce],
         [
             "tls-port",
             None,
@@ -200,8 +308,8 @@ class Options(usage.Options):
             "max-stanza-size",
             None,
             DEFAULT_MAX_STANZA_SIZE,
-            "Largest stanza accepted from the server, in bytes.",
-            int,
+            "Largest stanza accepted from the server.",
+            _stanzaSize,
         ],
     ]
 
@@ -219,6 +327,33 @@ class Options(usage.Options):
         self.accounts: dict[str, Secret] = {}
         self.warnings: list[str] = []
         self.environ: dict[str, str] = dict(os.environ)
+
+    def opt_version(self) -> None:
+        """Show the versions of yadiskpush, Twisted and wokkel, and exit."""
+        print(versionText())
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse ``options`` as Twisted does, with getopt's complaints (unknown
+        option, missing value) reworded to name the option and point to
+        ``--help``.
+        """
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            getopt.getopt(options, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(_getoptMessage(e, self.longOpt)) from None
+        super().parseOptions(options)
+
+    def _gather_parameters(self) -> tuple[Any, ...]:
+        # Every parameter, whoever adds it, gets errors that name it.
+        gathered = super()._gather_parameters()
+        dispatch = gathered[5]
+        for name, parameter in dispatch.items():
+            dispatch[name] = _NamedParameter(self, parameter.coerce)
+        return gathered
 
     def postOptions(self) -> None:
         """Build the :class:`Settings`, or fail with one clear sentence."""
@@ -327,8 +462,22 @@ class Options(usage.Options):
         )
 
 
+def logLevelOf(options: Options) -> str:
+    """The level the log runs at: ``--log-traffic`` needs debug."""
+    return "debug" if options["log-traffic"] else options["log-level"]
+
+
 def buildSinks(options: Options, reactor: Any) -> list[Any]:
-    """The sinks the options ask for; a log line when none is given."""
+    """
+    The sinks the options ask for, and the log line of each change.
+
+    The log line (``Notification.summary()``) is there whatever else is
+    asked for: it is what tells a person reading the log that something
+    changed. Below the level it would be dropped, so at ``--log-level
+    warn`` or above there is no such sink and a push costs nothing for it.
+    It never reaches stdout under ``--json-out -``: that sink keeps stdout
+    for itself and points the process's stdout at stderr.
+    """
     from yadiskpush.delivery.sinks import ExecSink, JSONLinesSink, LogSink
 
     sinks: list[Any] = []
@@ -353,7 +502,7 @@ def buildSinks(options: Options, reactor: Any) -> list[Any]:
             maxJobs=options["exec-jobs"],
         )
         sinks.append(execSink)
-    if not sinks:
+    if LOG_LEVELS.index(logLevelOf(options)) <= LOG_LEVELS.index("info"):
         sinks.append(LogSink())
     return sinks
 
@@ -372,7 +521,7 @@ def makeService(options: Options) -> service.IService:
 
         return DemoService(options, reactor)
 
-    setLogLevel("debug" if options["log-traffic"] else options["log-level"])
+    setLogLevel(logLevelOf(options))
     log = Logger(namespace="yadiskpush")
     for warning in options.warnings:
         log.warn("{warning}", warning=warning)
