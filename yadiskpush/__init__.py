@@ -18,7 +18,7 @@ from yadiskpush.errors import (  # noqa: E402
 from yadiskpush.fleet import PushFleet  # noqa: E402
 from yadiskpush.handlers.push import PushHandler  # noqa: E402
 from yadiskpush.logs import setLogLevel  # noqa: E402
-from yadiskpush.notification import Notification, PushChild  # noqa: E402
+from yadiskpush.notification import Change, Notification, PushChild  # noqa: E402
 from yadiskpush.secret import Secret  # noqa: E402
 from yadiskpush.service import PushService  # noqa: E402
 from yadiskpush.settings import Settings  # noqa: E402
@@ -26,6 +26,7 @@ from yadiskpush.settings import Settings  # noqa: E402
 __all__ = [
     "AccountsChange",
     "AuthenticationFailed",
+    "Change",
     "ConfigurationError",
     "Notification",
     "PushChild",

@@ -13,12 +13,20 @@ child tree is built with an explicit stack, structured only down to
 :data:`MAX_STRUCTURED_DEPTH` (deeper parts are kept as XML text), and XML is
 serialized by :func:`serializeElement`, a loop that writes exactly what
 domish's recursive ``toXml()`` writes.
+
+What changed on the Disk is read from the kept children, not instead of
+them: :attr:`Notification.changes` lists the ``<op>`` elements of the
+payload as :class:`Change` values, parsed only when first asked for, and
+tolerant of any shape (see :func:`changesFromChildren`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -446,6 +454,217 @@ class PushChild:
         return data
 
 
+#: The element that describes one change, in any namespace.
+OP_ELEMENT = "op"
+
+#: Attributes that may name where a moved resource came from, in the order
+#: they are tried (the vendor's name is not documented; ``from`` is what
+#: clients have seen).
+_FROM_ATTRIBUTES = ("from", "from_key", "old_key", "src")
+
+#: A storage area other than the Disk itself (``trash:/``, ``app:/``): such
+#: keys are kept as sent, since removing the area would make them look like
+#: Disk paths.
+_AREA = re.compile(r"[A-Za-z][A-Za-z0-9_-]*:/")
+
+
+def diskPath(key: str | None) -> str:
+    """
+    The path of a change's ``key`` as a person reads it: ``disk:`` or
+    ``/disk`` removed, starting with ``/``; ``""`` for no key.
+
+    ``disk:/Docs/a.txt``, ``/disk/Docs/a.txt`` and ``Docs/a.txt`` all give
+    ``/Docs/a.txt``; ``disk:``, ``disk:/`` and ``/disk`` give ``/``. A key of
+    another area (``trash:/Old``) is kept as sent, and ``/diskette`` is not
+    the Disk.
+    """
+    if not key:
+        return ""
+    if key.startswith("disk:"):
+        key = key[5:]
+    elif key.startswith("/disk") and (len(key) == 5 or key[5] == "/"):
+        key = key[5:]
+    elif _AREA.match(key):
+        return key
+    if not key.startswith("/"):
+        key = "/" + key
+    return key
+
+
+def _size(value: str | None) -> int | None:
+    """A byte count written as plain decimal digits; ``None`` otherwise."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        # More digits than Python converts (about 4,300): not a size.
+        return None
+
+
+@dataclass(frozen=True)
+class Change:
+    """
+    One change the Disk reported: an ``<op>`` element of a push.
+
+    The vendor documents neither the element nor its attributes, so only what
+    every client needs is picked out, and :attr:`attributes` keeps all of
+    them as sent (the raw ``key`` included); an attribute that is missing or
+    unreadable gives an empty or ``None`` field, never an error.
+
+    :ivar type: the ``type`` attribute as sent (``new``, ``changed``,
+        ``deleted``, ``moved``, ``published``, ``unpublished``, or whatever
+        else the server says); ``""`` if absent.
+    :ivar path: the ``key`` without its ``disk:`` or ``/disk`` prefix,
+        starting with ``/`` (see :func:`diskPath`); ``""`` if absent.
+    :ivar fromPath: for a move, where it was (``from``, same form); ``None``
+        if the op does not say.
+    :ivar fid: the resource's ``fid``, or ``None``.
+    :ivar size: ``size`` in bytes, or ``None`` if absent or not a
+        non-negative decimal number.
+    :ivar resourceType: ``resource_type`` (``file`` or ``dir``), or ``None``.
+    :ivar attributes: every attribute of the op, name to value, as sent.
+    """
+
+    type: str
+    path: str
+    fromPath: str | None
+    fid: str | None
+    size: int | None
+    resourceType: str | None
+    attributes: Mapping[str, str]
+
+    @classmethod
+    def fromChild(cls, child: PushChild) -> Change:
+        """The change an ``<op>`` describes; never raises."""
+        attributes = child.attributes
+        get = attributes.get
+        fromKey = None
+        for name in _FROM_ATTRIBUTES:
+            fromKey = get(name)
+            if fromKey is not None:
+                break
+        return cls(
+            type=get("type") or "",
+            path=diskPath(get("key")),
+            fromPath=None if fromKey is None else diskPath(fromKey),
+            fid=get("fid"),
+            size=_size(get("size")),
+            resourceType=get("resource_type"),
+            attributes=attributes,
+        )
+
+    def toJSON(self) -> dict[str, Any]:
+        """
+        A JSON-serializable dict with the same keys for every change:
+        ``type``, ``path``, ``from``, ``fid``, ``size``, ``resource_type``
+        and ``attributes`` (absent ones are ``null``).
+        """
+        return {
+            "type": self.type,
+            "path": self.path,
+            "from": self.fromPath,
+            "fid": self.fid,
+            "size": self.size,
+            "resource_type": self.resourceType,
+            "attributes": dict(self.attributes),
+        }
+
+    def describe(self, limit: int = 120) -> str:
+        """
+        A few words for a log line: ``created /Docs/a.txt``, ``moved /Old
+        -> /New``. Control characters are left out and each path is cut to
+        about ``limit`` characters.
+        """
+        verb = _VERBS.get(self.type.lower()) or _printable(self.type)[:30] or "changed"
+        path = _shorten(_printable(self.path), limit) or "(no path)"
+        if self.fromPath is not None:
+            return f"{verb} {_shorten(_printable(self.fromPath), limit)} -> {path}"
+        return f"{verb} {path}"
+
+
+#: Words for the op types the server is known to send (and their likely
+#: spellings); any other type is shown as sent.
+_VERBS = {
+    "new": "created",
+    "create": "created",
+    "created": "created",
+    "add": "created",
+    "added": "created",
+    "changed": "changed",
+    "change": "changed",
+    "modified": "changed",
+    "update": "changed",
+    "updated": "changed",
+    "deleted": "deleted",
+    "delete": "deleted",
+    "removed": "deleted",
+    "moved": "moved",
+    "move": "moved",
+    "renamed": "moved",
+    "published": "published",
+    "unpublished": "unpublished",
+}
+
+
+def _printable(text: str) -> str:
+    """``text`` without control characters (line breaks become spaces)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c
+        if c.isprintable()
+        else " "
+        if unicodedata.category(c)[0] == "Z" or c in "\t\n\r\v\f"
+        else ""
+        for c in text
+    )
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "\u2026" + text[len(text) - (limit - 1 - head) :]
+
+
+def changesFromChildren(children: Iterable[PushChild]) -> tuple[Change, ...]:
+    """
+    The changes among a payload's children, in document order.
+
+    Every element named ``op`` (in any namespace) is one change, wherever it
+    is: directly under the payload, in a ``<diff>``, in nested diffs or in
+    any other element. Elements inside an ``op`` are not changes of their
+    own, other elements are not changes at all, and ops deeper than
+    :data:`MAX_STRUCTURED_DEPTH` (kept only as XML) are not read. No op at
+    all gives an empty tuple; nothing here raises.
+    """
+    found: list[Change] = []
+    # Children to visit, last first; walked without recursion.
+    stack = list(children)
+    stack.reverse()
+    while stack:
+        child = stack.pop()
+        if not isinstance(child, PushChild):
+            continue
+        if child.name == OP_ELEMENT:
+            found.append(Change.fromChild(child))
+        elif child.children:
+            stack.extend(reversed(child.children))
+    return tuple(found)
+
+
+#: How many changes :meth:`Notification.summary` names; the rest are counted.
+SUMMARY_CHANGES = 5
+
+#: How long a path may be in :meth:`Notification.summary` before it is cut.
+SUMMARY_PATH_LENGTH = 120
+
+
 @dataclass(frozen=True)
 class Notification:
     """
@@ -468,6 +687,10 @@ class Notification:
     :ivar login: the account the push belongs to (empty if whoever built the
         notification did not say). Last, with a default, so that positional
         construction written before it existed still works.
+
+    What changed is :attr:`changes`, read from ``children`` (a property, not
+    a field: it cannot disagree with them, and a push nobody asks about
+    costs nothing more).
     """
 
     stanzaId: str
@@ -523,10 +746,27 @@ class Notification:
         notification.__dict__.update(fields)
         return notification
 
+    @cached_property
+    def changes(self) -> tuple[Change, ...]:
+        """
+        What changed, one :class:`Change` per ``<op>`` of the payload, in
+        order; empty if the push says nothing about it (no ``<diff>``, or a
+        shape not known yet: ``children`` and ``rawXml`` still have it all).
+
+        Parsed from ``children`` the first time it is read, then kept; see
+        :func:`changesFromChildren` for the shapes it accepts.
+        """
+        children = self.children
+        if not children:
+            return ()
+        return changesFromChildren(children)
+
     def toJSON(self) -> dict[str, Any]:
         """
         A JSON-serializable dict with every field (used by the sinks),
         ``login`` first: a consumer of many accounts dedupes by login and id.
+        ``changes`` comes right after ``attributes``: most readers need only
+        those.
         """
         return {
             "login": self.login,
@@ -536,12 +776,29 @@ class Notification:
             "received_at": self.receivedAt,
             "element": self.element,
             "attributes": dict(self.attributes),
+            "changes": [c.toJSON() for c in self.changes],
             "children": [c.toJSON() for c in self.children],
             "raw_xml": self.rawXml,
         }
 
     def summary(self) -> str:
-        """A readable one-line form for logs."""
+        """
+        A readable one-line form for logs: what changed (at most
+        :data:`SUMMARY_CHANGES` changes, each path cut to
+        :data:`SUMMARY_PATH_LENGTH` characters), or, for a push that does
+        not say, its attributes and first children.
+        """
+        changes = self.changes
+        if changes:
+            count = len(changes)
+            shown = ", ".join(
+                c.describe(SUMMARY_PATH_LENGTH) for c in changes[:SUMMARY_CHANGES]
+            )
+            more = (
+                f" (+{count - SUMMARY_CHANGES} more)" if count > SUMMARY_CHANGES else ""
+            )
+            noun = "change" if count == 1 else "changes"
+            return f"Disk changed: id={self.stanzaId!r} {count} {noun}: {shown}{more}"
         shown = " ".join(f"{k}={v!r}" for k, v in sorted(self.attributes.items()))
         parts = [f"Disk changed: id={self.stanzaId!r}", shown]
         for child in self.children[:3]:

@@ -75,12 +75,19 @@ def _encodeFields(n: Notification) -> str:
     attributes = ", ".join(
         [f"{_quote(k)}: {_quote(v)}" for k, v in n.attributes.items()]
     )
-    children = _ENCODER.encode([c.toJSON() for c in n.children]) if n.children else "[]"
+    if n.children:
+        children = _ENCODER.encode([c.toJSON() for c in n.children])
+        changes = n.changes
+        changed = _ENCODER.encode([c.toJSON() for c in changes]) if changes else "[]"
+    else:
+        # A push without children has no changes: nothing to parse.
+        children = changed = "[]"
     return (
         f'{{"login": {_quote(n.login)}, "id": {_quote(n.stanzaId)}, '
         f'"from": {_quote(n.sender)}, "to": {_quote(n.recipient)}, '
         f'"received_at": {float.__repr__(receivedAt)}, '
         f'"element": {_quote(n.element)}, "attributes": {{{attributes}}}, '
+        f'"changes": {changed}, '
         f'"children": {children}, "raw_xml": {_quote(n.rawXml)}}}'
     )
 
