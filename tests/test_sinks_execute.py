@@ -148,6 +148,8 @@ class ExecSinkTests(TestCase):
         """A sink on the test's journal file; closed on cleanup."""
         kwargs.setdefault("environ", self.environ)
         kwargs.setdefault("journal", Journal(self.journalPath, reactor))
+        # Runs at once, as before the debounce: test_exec_debounce covers it.
+        kwargs.setdefault("debounce", 0)
         sink = ExecSink(
             command,
             timeout,
@@ -842,6 +844,8 @@ class FakeLauncherTestCase(TestCase):
 
     def makeSink(self, **kwargs: Any) -> ExecSink:
         kwargs.setdefault("journal", self.journal)
+        # Runs at once, as before the debounce: test_exec_debounce covers it.
+        kwargs.setdefault("debounce", 0)
         return ExecSink(
             "cat",
             None,

@@ -1,5 +1,6 @@
 """
-Runs a shell command for notifications: one run at a time per account and
+Runs a shell command for notifications: once an account's pushes settle
+(a debounce, bounded by a longest delay), one run at a time per account and
 a bounded number across accounts, with the pushes of an account that arrive
 during its run coalesced into one follow-up run, and every acknowledged push
 kept in a journal until a run has consumed it.
@@ -54,6 +55,15 @@ _GROUP_POLL_INTERVAL = 0.1
 
 _NOT_ALPHANUMERIC = re.compile(r"[^A-Z0-9]")
 
+#: ``YADISKPUSH_REASON`` of a run for pushes.
+REASON_PUSH = "push"
+
+#: ``YADISKPUSH_REASON`` of the run after an account's first subscription
+#: (``--exec-on-start``), whether or not pushes joined it: what changed while
+#: the client was down was never pushed, so the command should look at
+#: everything.
+REASON_START = "start"
+
 #: Longest value, in bytes, put in one ``YADISKPUSH_*`` variable by default.
 MAX_ENV_VALUE = 4096
 
@@ -78,6 +88,8 @@ def childEnvironment(
     parent: Mapping[str, str],
     *,
     login: str | None = None,
+    reason: str = REASON_PUSH,
+    changes: int = 0,
     maxValue: int = MAX_ENV_VALUE,
     maxTotal: int = MAX_ENV_TOTAL,
 ) -> tuple[dict[str, str], list[str]]:
@@ -101,6 +113,10 @@ def childEnvironment(
     :param count: how many notifications the run reads.
     :param login: the account of the run, for ``YADISKPUSH_LOGIN``; by
         default the ``login`` of ``last``.
+    :param reason: ``YADISKPUSH_REASON``: :data:`REASON_PUSH` or
+        :data:`REASON_START`.
+    :param changes: ``YADISKPUSH_CHANGES``: how many changes the run's
+        notifications list in all.
     :returns: the environment, and the names of the variables left out.
     """
     env = {
@@ -110,14 +126,18 @@ def childEnvironment(
     }
     if login is None:
         login = str(last.get("login", ""))
+    receivedAt = last.get("received_at")
     fixed = {
         "YADISKPUSH_LOGIN": login,
+        "YADISKPUSH_REASON": reason,
         "YADISKPUSH_COUNT": str(count),
+        "YADISKPUSH_CHANGES": str(changes),
         "YADISKPUSH_ID": str(last.get("id", "")),
         "YADISKPUSH_FROM": str(last.get("from", "")),
         "YADISKPUSH_TO": str(last.get("to", "")),
         "YADISKPUSH_ELEMENT": str(last.get("element", "")),
-        "YADISKPUSH_RECEIVED_AT": repr(last.get("received_at")),
+        # Empty for a start run without notifications.
+        "YADISKPUSH_RECEIVED_AT": "" if receivedAt is None else repr(receivedAt),
     }
     attributes: dict[str, str] = {}
     for name, value in sorted(dict(last.get("attributes") or {}).items()):
@@ -218,6 +238,7 @@ class _Run(ProcessProtocol):
         login: str,
         entries: list[Entry],
         last: Mapping[str, Any],
+        start: bool = False,
     ) -> None:
         self.sink = sink
         self.reactor = sink.reactor
@@ -230,6 +251,18 @@ class _Run(ProcessProtocol):
         self.stdinData = b"".join(entry.line for entry in entries)
         self.count = len(entries)
         self.lastId = str(last.get("id", ""))
+        #: The run after the account's first subscription (``--exec-on-start``).
+        self.start = start
+        #: What the run is for, as its log lines say it.
+        pushes = (
+            f"{self.count} notification(s){self.ofAccount} up to push {self.lastId}"
+        )
+        if not start:
+            self.what = pushes
+        elif entries:
+            self.what = f"the start run and {pushes}"
+        else:
+            self.what = f"the start run{self.ofAccount}"
         #: Stopped by close(): its entries stay journaled for the next start.
         self.stoppedByShutdown = False
         self.ownGroup = False
@@ -390,6 +423,8 @@ class _Run(ProcessProtocol):
             login=self.login,
             forAccount=self.forAccount,
             ofAccount=self.ofAccount,
+            what=self.what,
+            start=self.start,
         )
         if self.stoppedByShutdown:
             how = (
@@ -398,9 +433,8 @@ class _Run(ProcessProtocol):
                 else f"exit status {exitStatus}"
             )
             self.log.warn(
-                "The command{forAccount} was stopped for the shutdown ({how}); "
-                "its {count} notification(s) up to push {id} stay journaled for "
-                "the next start",
+                "The command was stopped for the shutdown ({how}); {what}; "
+                "its notifications stay journaled for the next start",
                 how=how,
                 stoppedByShutdown=True,
                 **fields,
@@ -413,28 +447,25 @@ class _Run(ProcessProtocol):
             )
             self.log.warn(
                 "The command timed out after {timeout:g} s and was stopped "
-                "({how}); {count} notification(s){ofAccount} up to push {id}",
+                "({how}); {what}",
                 timeout=self.sink.timeout,
                 how=how,
                 **fields,
             )
         elif signalNumber:
             self.log.warn(
-                "The command was killed by {signalName} after {duration:.2f} s; "
-                "{count} notification(s){ofAccount} up to push {id}",
+                "The command was killed by {signalName} after {duration:.2f} s; {what}",
                 **fields,
             )
         elif exitStatus:
             self.log.warn(
                 "The command failed with exit status {exitStatus} after "
-                "{duration:.2f} s; {count} notification(s){ofAccount} up to "
-                "push {id}",
+                "{duration:.2f} s; {what}",
                 **fields,
             )
         else:
             self.log.info(
-                "The command finished after {duration:.2f} s; "
-                "{count} notification(s){ofAccount} up to push {id}",
+                "The command finished after {duration:.2f} s; {what}",
                 **fields,
             )
         self.done.fire()
@@ -542,13 +573,23 @@ class _Run(ProcessProtocol):
 
 class _Account:
     """
-    The runs of one login: the entries no run has taken yet, the run going
-    (at most one), and the retry after a failed start. The sink forgets an
-    account once it has none of these, so that ten thousand quiet accounts
-    cost nothing.
+    The runs of one login: the entries no run has taken yet, the debounce
+    they wait out, a start run asked for, the run going (at most one), and
+    the retry after a failed start. The sink forgets an account once it has
+    none of these, so that ten thousand quiet accounts cost nothing.
     """
 
-    __slots__ = ("login", "untaken", "current", "retryCall", "nextRetryDelay", "queued")
+    __slots__ = (
+        "login",
+        "untaken",
+        "current",
+        "retryCall",
+        "nextRetryDelay",
+        "queued",
+        "dueCall",
+        "firstPendingAt",
+        "startWanted",
+    )
 
     def __init__(self, login: str, retryDelay: float) -> None:
         self.login = login
@@ -559,12 +600,20 @@ class _Account:
         self.nextRetryDelay = retryDelay
         #: In the sink's queue of accounts waiting for a free slot.
         self.queued = False
+        #: The end of the debounce: no run starts before it fires.
+        self.dueCall: IDelayedCall | None = None
+        #: When the oldest change no run has taken yet came (for maxDelay).
+        self.firstPendingAt: float | None = None
+        #: The next run is the start run (``runOnStart``).
+        self.startWanted = False
 
     def idle(self) -> bool:
         return (
             not self.untaken
+            and not self.startWanted
             and self.current is None
             and self.retryCall is None
+            and self.dueCall is None
             and not self.queued
         )
 
@@ -586,12 +635,31 @@ class ExecSink:
 
     **Accounts.** Each run carries the notifications of one account only
     (``notification.login``; ``""`` for a notification without one, which
-    are an account of their own). An account's journaled notification
-    starts a run at once if that account has no run going and fewer than
-    ``maxJobs`` runs are going in all. Notifications of an account that
-    arrive during its run, or while it waits for a free slot, all go to
-    exactly one follow-up run: a hundred pushes during one slow run cause
-    one more run, not a hundred.
+    are an account of their own). An account's journaled notifications
+    start a run once they have settled (see *Debounce*), if that account
+    has no run going and fewer than ``maxJobs`` runs are going in all.
+    Notifications of an account that arrive during its run, or while it
+    waits for a free slot, all go to exactly one follow-up run: a hundred
+    pushes during one slow run cause one more run, not a hundred.
+
+    **Debounce.** One change on the Disk often comes as several pushes (a
+    folder of files uploaded, a file saved twice), and a sync started by
+    the first would miss the rest. So an account's run starts once no push
+    of that account has come for ``debounce`` seconds, and at the latest
+    ``maxDelay`` seconds after the oldest push no run has taken yet (a
+    steady stream of pushes still starts runs). Each account has its own
+    timer, on the reactor's clock. A follow-up run waits out its debounce
+    too, counted from the pushes, so a run that ends after it has passed
+    is followed at once. ``debounce=0`` starts runs as soon as the pushes
+    are journaled. The debounce never holds an acknowledgement (the push is
+    acked once journaled) and loses nothing: pushes waiting it out at a
+    crash or a close are in the journal, and run at the next start. Entries
+    replayed at start have waited long enough and run at once.
+
+    **Start run.** :meth:`runOnStart` asks for a run with
+    ``YADISKPUSH_REASON=start`` for an account (``--exec-on-start``: after
+    its first subscription). It is debounced like a push, and pushes of
+    the account pending or arriving meanwhile join it in one run.
 
     **Fairness.** Accounts waiting for a free slot get one in the order
     they became ready (first notification journaled, or previous run
@@ -609,9 +677,14 @@ class ExecSink:
 
     - ``YADISKPUSH_LOGIN``: the account the run's notifications belong to
       (empty for notifications without one);
+    - ``YADISKPUSH_REASON``: ``push`` for a run for pushes; ``start`` for
+      the start run (see :meth:`runOnStart`), which may carry pushes too;
     - ``YADISKPUSH_COUNT``: number of notifications in this run (lines on
-      standard input);
-    - ``YADISKPUSH_ID``: stanza id of the last (newest) one;
+      standard input; 0 for a start run without pushes);
+    - ``YADISKPUSH_CHANGES``: how many changes their ``changes`` lists
+      hold in all (the full lists are on standard input);
+    - ``YADISKPUSH_ID``: stanza id of the last (newest) one (this and the
+      following are empty for a start run without pushes);
     - ``YADISKPUSH_FROM``, ``YADISKPUSH_TO``: its sender and recipient JIDs;
     - ``YADISKPUSH_ELEMENT``: its payload element name (``query`` today);
     - ``YADISKPUSH_RECEIVED_AT``: when it arrived, seconds since the epoch;
@@ -656,10 +729,11 @@ class ExecSink:
     progress ``closeGrace`` seconds to finish; then the process group of
     each one still going gets SIGTERM, and SIGKILL ``killGrace`` seconds
     later, and its notifications stay journaled. No follow-up run is
-    started: what is journaled runs at the next start, and the number is
-    logged. It never fails and never waits much longer than
-    ``closeGrace + killGrace + pipeGrace`` seconds, however many runs are
-    going.
+    started, nor a run still in its debounce: what is journaled runs at the
+    next start, and the number is logged (a start run asked for and not
+    started is dropped: the next start asks again). It never fails and
+    never waits much longer than ``closeGrace + killGrace + pipeGrace``
+    seconds, however many runs are going.
 
     :param command: shell command, run as ``/bin/sh -c command``.
     :param timeout: seconds a run may take, or ``None`` for no limit.
@@ -681,9 +755,15 @@ class ExecSink:
         consumed (in a run or waiting for one), all accounts together.
     :param maxEnvValue: longest ``YADISKPUSH_*`` value passed, in bytes.
     :param maxEnvTotal: bytes of ``YADISKPUSH_*`` variables per run.
+    :param debounce: seconds without a push of an account before its run
+        starts; 0 to start at once.
+    :param maxDelay: most seconds between an account's oldest push not yet
+        run and the start of its run (later only while its previous run
+        goes on, or no slot is free).
     :param log: logger to use instead of the class's.
-    :raises ValueError: if ``command`` is empty, ``timeout`` not positive or
-        ``maxJobs`` less than 1.
+    :raises ValueError: if ``command`` is empty, ``timeout`` not positive,
+        ``maxJobs`` less than 1, ``debounce`` negative or ``maxDelay`` less
+        than ``debounce``.
 
     :ivar runs: how many runs have been started so far.
     """
@@ -713,6 +793,8 @@ class ExecSink:
         maxPending: int = 10_000,
         maxEnvValue: int = MAX_ENV_VALUE,
         maxEnvTotal: int = MAX_ENV_TOTAL,
+        debounce: float = 1.0,
+        maxDelay: float = 30.0,
         log: Logger | None = None,
     ) -> None:
         if not command.strip():
@@ -721,6 +803,10 @@ class ExecSink:
             raise ValueError("the timeout must be positive")
         if maxJobs < 1:
             raise ValueError("maxJobs must be at least 1")
+        if debounce < 0:
+            raise ValueError("the debounce must not be negative")
+        if maxDelay < debounce:
+            raise ValueError("maxDelay must be at least the debounce")
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self.command = command
@@ -735,6 +821,8 @@ class ExecSink:
         self.maxPending = maxPending
         self.maxEnvValue = maxEnvValue
         self.maxEnvTotal = maxEnvTotal
+        self.debounce = debounce
+        self.maxDelay = maxDelay
         if log is not None:
             self._log = log
         self._environ = environ
@@ -870,7 +958,7 @@ class ExecSink:
         def journaled(entryId: int) -> None:
             account = self._account(login)
             bisect.insort(account.untaken, Entry(entryId, line, login))
-            self._markReady(account)
+            self._changed(account)
 
         def failed(reason: Failure) -> None:
             if reason.check(JournalClosed):
@@ -896,14 +984,62 @@ class ExecSink:
         if account.idle() and self._accounts.get(account.login) is account:
             del self._accounts[account.login]
 
+    def runOnStart(self, login: str) -> None:
+        """
+        Run the command for ``login`` with ``YADISKPUSH_REASON=start``: the
+        account has just subscribed for the first time in this process, and
+        what changed on its Disk while nothing was subscribed was never
+        pushed. The run reads no notification (``YADISKPUSH_COUNT=0``,
+        standard input empty) unless pushes of the account are pending or
+        arrive within the debounce: they join it, in one run. Nothing is
+        journaled for it: after a crash, the next start asks again. Ignored
+        once the sink is closing.
+        """
+        if self._closing:
+            return
+        # First: a journal opened at once readies its accounts, and this
+        # one must not be ready before its debounce.
+        self.start()
+        account = self._account(login)
+        account.startWanted = True
+        self._changed(account)
+
+    def _changed(self, account: _Account) -> None:
+        """
+        ``account`` has a new push (or wants its start run): start its run
+        once ``debounce`` seconds pass with no other, or ``maxDelay``
+        seconds after the oldest change no run has taken, whichever comes
+        first. A run going meanwhile takes nothing: its follow-up run waits
+        for the same moment. An account already waiting for a slot, or for
+        a new attempt to start its command, just takes the change along.
+        """
+        if self.debounce <= 0 or account.queued or account.retryCall is not None:
+            self._markReady(account)
+            return
+        now = self.reactor.seconds()
+        if account.firstPendingAt is None:
+            account.firstPendingAt = now
+        delay = max(
+            0.0, min(self.debounce, account.firstPendingAt + self.maxDelay - now)
+        )
+        if account.dueCall is not None and account.dueCall.active():
+            account.dueCall.reset(delay)
+        else:
+            account.dueCall = self.reactor.callLater(delay, self._settled, account)
+
+    def _settled(self, account: _Account) -> None:
+        account.dueCall = None
+        self._markReady(account)
+
     def _markReady(self, account: _Account) -> None:
         """Queue ``account`` for a slot if it has something to run and
         nothing stops it; then start what the free slots allow."""
         if (
             self._ready
-            and account.untaken
+            and (account.untaken or account.startWanted)
             and account.current is None
             and account.retryCall is None
+            and account.dueCall is None
             and not account.queued
             and not self._closing
         ):
@@ -919,11 +1055,12 @@ class ExecSink:
 
     def _startRun(self, account: _Account) -> None:
         batch, account.untaken = account.untaken, []
-        try:
-            last = json.loads(batch[-1].line)
-        except ValueError:
-            last = {}
-        run = _Run(self, account.login, batch, last)
+        start, account.startWanted = account.startWanted, False
+        account.firstPendingAt = None
+        objects = [_parseLine(entry.line) for entry in batch]
+        last = objects[-1] if objects else {}
+        changes = sum(_countChanges(o) for o in objects)
+        run = _Run(self, account.login, batch, last, start)
         if sys.executable:
             executable = sys.executable
             args = [executable, "-I", "-S", "-c", _TRAMPOLINE, self.command]
@@ -940,6 +1077,8 @@ class ExecSink:
             len(batch),
             environ,
             login=account.login,
+            reason=REASON_START if start else REASON_PUSH,
+            changes=changes,
             maxValue=self.maxEnvValue,
             maxTotal=self.maxEnvTotal,
         )
@@ -958,6 +1097,7 @@ class ExecSink:
             )
         except Exception as e:
             account.untaken[:0] = batch
+            account.startWanted = account.startWanted or start
             delay = account.nextRetryDelay
             account.nextRetryDelay = min(delay * 2, self.maxRetryDelay)
             self._log.error(
@@ -980,11 +1120,12 @@ class ExecSink:
         run.ended.wait().addCallback(lambda _: self._unended.discard(run))
         run.done.wait().addCallback(self._runDone, run, account)
         self._log.info(
-            "Running the command for {count} notification(s){ofAccount} up to "
-            "push {id}",
+            "Running the command for {what}",
+            what=run.what,
             count=len(batch),
+            changes=changes,
+            start=start,
             id=run.lastId,
-            ofAccount=run.ofAccount,
             login=account.login,
         )
         run.started(getattr(transport, "pid", None), ownGroup)
@@ -999,7 +1140,7 @@ class ExecSink:
         self._running.discard(run)
         if account.current is run:
             account.current = None
-        if not run.stoppedByShutdown:
+        if not run.stoppedByShutdown and run.entryIds:
             self.journal.remove(run.entryIds).addErrback(self._removeFailed, run)
         # The account's follow-up run (if it has one) queues behind the
         # accounts already waiting; then the freed slot goes to the first.
@@ -1029,9 +1170,12 @@ class ExecSink:
         if not self._closing:
             self._closing = True
             for account in self._accounts.values():
-                if account.retryCall is not None:
-                    account.retryCall.cancel()
-                    account.retryCall = None
+                # Pushes waiting out their debounce are journaled: they run
+                # at the next start, as the close log line counts them.
+                for call in (account.retryCall, account.dueCall):
+                    if call is not None and call.active():
+                        call.cancel()
+                account.retryCall = account.dueCall = None
                 account.queued = False
             self._queue.clear()
             self._shutDown().addBoth(lambda _: self._closed.fire())
@@ -1080,6 +1224,22 @@ class ExecSink:
                 )
         except Exception:
             self._log.failure("Closing the --exec sink failed")
+
+
+def _parseLine(line: bytes) -> dict[str, Any]:
+    """A journaled JSON line as an object; ``{}`` if it is not one."""
+    try:
+        parsed = json.loads(line)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _countChanges(notification: Mapping[str, Any]) -> int:
+    """How many changes a notification's JSON form lists (0 if none, or
+    from a release that did not parse them)."""
+    changes = notification.get("changes")
+    return len(changes) if isinstance(changes, list) else 0
 
 
 def _allDone(runs: list[_Run]) -> defer.Deferred[None]:
