@@ -95,15 +95,25 @@ class OptionsTests(SynchronousTestCase):
         )
 
     def test_badPort(self) -> None:
-        """A port out of range is a usage error."""
+        """A port out of range is a usage error naming the option and value."""
         for argv in (["--port", "70000"], ["--port", "x"], ["--tls-port", "-1"]):
-            with self.assertRaises(usage.UsageError):
-                parse("--login", "t", *argv, environ={"YADISKPUSH_TOKEN": TOKEN})
+            self.assertUsageError(
+                f"{argv[0]}: '{argv[1]}' is not a port number",
+                "--login",
+                "t",
+                *argv,
+                environ={"YADISKPUSH_TOKEN": TOKEN},
+            )
 
     def test_portZeroRefused(self) -> None:
         """Port 0 is fine for --tls-port (no fallback) but not for --port."""
         self.assertUsageError(
-            "port", "--login", "t", "--port", "0", environ={"YADISKPUSH_TOKEN": TOKEN}
+            "--port: '0' is not a port number (1 to 65535)",
+            "--login",
+            "t",
+            "--port",
+            "0",
+            environ={"YADISKPUSH_TOKEN": TOKEN},
         )
 
     def test_loginWithDomain(self) -> None:
