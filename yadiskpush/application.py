@@ -28,9 +28,10 @@ from yadiskpush.accounts import AccountsFileError, readAccounts
 from yadiskpush.delivery.pipeline import fanOut
 from yadiskpush.delivery.sinks import Sink
 from yadiskpush.errors import ServiceStopped, YaDiskPushError
-from yadiskpush.fleet import PushFleet
+from yadiskpush.fleet import PushFleet, describeGiveUp
 from yadiskpush.logs import Logger
 from yadiskpush.service import PushService
+from yadiskpush.systemd import SystemdNotifier
 
 #: ``EX_CONFIG`` from ``sysexits.h``: the configuration needs a fix.
 EXIT_CONFIG = 78
@@ -74,6 +75,11 @@ class PushApplication(service.Service):
     reactor with ``exitStatus`` set to 78. With ``accountsFile``, SIGHUP
     re-reads it and the fleet takes the changes; a file that cannot be used
     leaves the running accounts as they are.
+
+    ``notifier`` tells systemd (``Type=notify``): ``READY=1`` once every
+    account has subscribed or given up, a ``STATUS=`` line whenever the
+    counts change, ``RELOADING=1`` around SIGHUP, ``STOPPING=1`` at stop,
+    the reason of an exit 78, and ``WATCHDOG=1`` pings while running.
     """
 
     _log = Logger()
@@ -85,8 +91,14 @@ class PushApplication(service.Service):
         reactor: Any = None,
         exitStatus: ExitStatus | None = None,
         accountsFile: str | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.push = push
+        # systemd's view of the service (Type=notify); a no-op without it.
+        self.notifier = notifier if notifier is not None else SystemdNotifier(None)
+        self._lastStatus = ""
+        self._readySent = False
+        self._exiting = False
         self.accountsFile = accountsFile
         self.sinks = list(sinks)
         self.reactor = reactor
@@ -94,6 +106,10 @@ class PushApplication(service.Service):
         self._deliverers = [s.deliver for s in self.sinks]
         self._previousHangup: Any = None
         push.addNotificationObserver(self.deliver)
+        if isinstance(push, PushFleet):
+            push.addCountObserver(lambda fleet: self._countsChanged())
+        else:
+            push.addStateObserver(lambda service: self._countsChanged())
 
     def deliver(self, notification: Any) -> Any:
         """Hand one notification to every sink; done when all have it."""
@@ -105,6 +121,14 @@ class PushApplication(service.Service):
             "SIGHUP: reopening outputs and re-reading the {what} file",
             what="token" if self.accountsFile is None else "accounts",
         )
+        # Before the first READY=1 a reload must not end systemd's start.
+        reloading = self._readySent
+        if reloading:
+            self.notifier.reloading()
+        self._sendStatus(
+            f"Re-reading the {'token' if self.accountsFile is None else 'accounts'}"
+            " file"
+        )
         for sink in self.sinks:
             reopen = getattr(sink, "reopen", None)
             if reopen is not None:
@@ -115,6 +139,11 @@ class PushApplication(service.Service):
         if self.accountsFile is not None:
             self.reloadAccounts()
         self.push.tokenChanged()
+        if reloading:
+            self._lastStatus = self.statusLine()
+            self.notifier.ready(self._lastStatus)
+        else:
+            self._countsChanged(force=True)
 
     def reloadAccounts(self) -> None:
         """Make the fleet hold the accounts of the file, as it reads now."""
@@ -140,12 +169,17 @@ class PushApplication(service.Service):
         if self.reactor is not None:
             self._installHangupHandler()
             self.push.whenGaveUp().addCallbacks(self._gaveUp, self._stopped)
+        self.notifier.startWatchdog()
+        self._countsChanged(force=True)
         self.push.startService()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         service.Service.stopService(self)
         self._restoreHangupHandler()
+        self.notifier.stopWatchdog()
+        # After an exit 78 the last STATUS= keeps saying why.
+        self.notifier.stopping(None if self._exiting else "Stopping")
         yield self.push.stopService()
         for sink in self.sinks:
             try:
@@ -159,8 +193,64 @@ class PushApplication(service.Service):
         self._log.error(
             "Exiting with status 78 (EX_CONFIG): {problem}", problem=error.message
         )
+        self._exiting = True
+        self.notifier.status(f"Exiting with status 78 (EX_CONFIG): {error.message}")
         if self.reactor.running:
             self.reactor.stop()
+
+    def _counts(self) -> tuple[int, int, list[YaDiskPushError]]:
+        """Accounts in all, subscribed, and the errors of those that gave up."""
+        if isinstance(self.push, PushFleet):
+            return len(self.push), self.push.subscribed, list(self.push.gaveUp.values())
+        gaveUp = self.push.gaveUp
+        return 1, int(self.push.ready), [] if gaveUp is None else [gaveUp]
+
+    def settled(self) -> bool:
+        """Every account has subscribed or given up (``whenAllSettled``)."""
+        total, subscribed, gaveUp = self._counts()
+        return subscribed + len(gaveUp) >= total
+
+    def statusLine(self) -> str:
+        """
+        What ``systemctl status`` shows: "Connecting: 0/50 subscribed",
+        "Subscribed: 3/3 accounts", "2/3 subscribed; 1 gave up: rejected
+        token".
+        """
+        total, subscribed, gaveUp = self._counts()
+        if total == 0:
+            return "No accounts"
+        if subscribed == total:
+            return f"Subscribed: {total:,}/{total:,} account{'s' * (total != 1)}"
+        line = f"{subscribed:,}/{total:,} subscribed"
+        if gaveUp:
+            reasons: dict[str, int] = {}
+            for error in gaveUp:
+                reason = describeGiveUp(error)
+                reasons[reason] = reasons.get(reason, 0) + 1
+            line += f"; {len(gaveUp):,} gave up: " + ", ".join(
+                reason if count == 1 else f"{reason} ({count:,})"
+                for reason, count in sorted(reasons.items())
+            )
+        if subscribed + len(gaveUp) < total:
+            line = "Connecting: " + line
+        return line
+
+    def _countsChanged(self, force: bool = False) -> None:
+        # READY=1 once every account has subscribed or given up; STATUS=
+        # whenever the line changes.
+        if not self.running or self._exiting:
+            return
+        line = self.statusLine()
+        if not self._readySent and self.settled():
+            self._readySent = True
+            self._lastStatus = line
+            self.notifier.ready(line)
+        elif force or line != self._lastStatus:
+            self._sendStatus(line)
+
+    def _sendStatus(self, line: str) -> None:
+        self._lastStatus = line
+        self.notifier.status(line)
 
     def _stopped(self, reason: Any) -> None:
         reason.trap(ServiceStopped)

@@ -191,6 +191,9 @@ class Options(usage.Options):
         f"environment variable {TOKEN_ENVIRONMENT_VARIABLE}; it is never taken "
         "on the command line. --demo runs the whole sequence against a local "
         "server started in the same process, with no account needed."
+        " Under systemd, --token-file defaults to the unit's credential "
+        "token-file (or token) and --accounts to its credential accounts "
+        "(LoadCredential=, in $CREDENTIALS_DIRECTORY), when they exist."
     )
 
     optParameters = [
@@ -359,6 +362,12 @@ class Options(usage.Options):
         """Build the :class:`Settings`, or fail with one clear sentence."""
         try:
             self._checkOutput()
+            if not self["demo"]:
+                from yadiskpush.systemd import credentialDefaults
+
+                self["token-file"], self["accounts"] = credentialDefaults(
+                    self.environ, self["token-file"], self["accounts"], self["login"]
+                )
             if self["demo"]:
                 pass
             elif self["accounts"] is not None:
@@ -515,6 +524,7 @@ def makeService(options: Options) -> service.IService:
     from yadiskpush.application import ExitStatus, PushApplication
     from yadiskpush.fleet import PushFleet
     from yadiskpush.logs import setLogLevel
+    from yadiskpush.systemd import SystemdNotifier
 
     if options["demo"]:
         from yadiskpush.demo import DemoService
@@ -541,4 +551,5 @@ def makeService(options: Options) -> service.IService:
         reactor=reactor,
         exitStatus=exitStatus,
         accountsFile=options["accounts"],
+        notifier=SystemdNotifier.fromEnvironment(options.environ, reactor),
     )
