@@ -54,6 +54,7 @@ from yadiskpush.handlers.version import VersionHandler
 from yadiskpush.handlers.writestall import WriteStallHandler
 from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
+from yadiskpush.oauth.refresh import RejectedAndNotRefreshed, TokenRefresher
 from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.secret import Secret
 from yadiskpush.settings import Settings
@@ -127,6 +128,10 @@ class PushService(service.Service):
     :param context: what this service shares with others (reactor, TLS
         contexts, endpoint factory); a new one if omitted.
     :param reconnectPolicy: the delay before each reconnect.
+    :param tokenRefresher: keeps the token file's token fresh: checked at
+        start and every 12 hours, and asked once for a new token when the
+        server rejects one, before giving up (see
+        :class:`~yadiskpush.oauth.refresh.TokenRefresher`).
     :raises yadiskpush.errors.ConfigurationError: if the CA file is unusable.
     """
 
@@ -137,6 +142,7 @@ class PushService(service.Service):
         *,
         context: ConnectionContext | None = None,
         reconnectPolicy: ReconnectPolicy | None = None,
+        tokenRefresher: TokenRefresher | None = None,
     ) -> None:
         if context is None:
             if reactor is None:
@@ -169,6 +175,13 @@ class PushService(service.Service):
         self._token = settings.token
         self._tokenWarningsShown: set[str] = set()
         self._rejectedToken: Secret | None = None
+        self.tokenRefresher = tokenRefresher
+        # The refresh after a rejection: under way, for which rejected
+        # token, and the token it gave until a session subscribes with it
+        # (that one rejected too means a refresh cannot help: no loop).
+        self._refreshing: defer.Deferred[Secret] | None = None
+        self._refreshedFor: Secret | None = None
+        self._unprovenToken: Secret | None = None
         self._handshakeSlot: Callable[[], None] | None = None
 
         # Fails now, with a clear message, if the CA file is unusable.
@@ -300,6 +313,8 @@ class PushService(service.Service):
                 return
             self.gaveUp = None
             self._stateChanged()
+        if self.tokenRefresher is not None:
+            self.tokenRefresher.startChecking(self.updateToken)
         self.log.debug(
             "Starting push client for {login} ({host}, XMPP domain {domain})",
             login=self.settings.login,
@@ -319,6 +334,12 @@ class PushService(service.Service):
         self._cancelNextConnect()
         if self._dialling is not None:
             self._dialling.cancel()
+        if self.tokenRefresher is not None:
+            self.tokenRefresher.stopChecking()
+        refreshing, self._refreshing = self._refreshing, None
+        if refreshing is not None:
+            # Only our wait ends; the refresh itself still rewrites the file.
+            refreshing.cancel()
         self._releaseHandshake()
         stopped = ServiceStopped()
         self._readyWaiters.fail(stopped)
@@ -478,6 +499,7 @@ class PushService(service.Service):
     def _subscribed(self, xs: PushXmlStream) -> None:
         if xs is not self._stream:
             return
+        self._unprovenToken = None
         self.ready = True
         self.reconnectPolicy.subscribed()
         ready = self._readyWaiters.take()
@@ -522,6 +544,14 @@ class PushService(service.Service):
         error = decision.error
         if decision.preferDirectTLS and self.settings.tlsPort:
             self.dialer.preferDirectTLS = True
+        if (
+            decision.action is Action.GIVE_UP
+            and isinstance(error, AuthenticationFailed)
+            and self._mayRefresh(token)
+        ):
+            assert token is not None
+            self._refreshAfterRejection(error, token)
+            return
         # Not "message": the legacy log bridge overwrites a field of that
         # name with () in the shared event, for every observer after it.
         if decision.action is Action.GIVE_UP:
@@ -550,6 +580,59 @@ class PushService(service.Service):
             attempt=self.reconnectPolicy.failures,
         )
         self._connectLater(delay)
+
+    def _mayRefresh(self, token: Secret | None) -> bool:
+        """Whether a rejection of ``token`` calls for a refresh first."""
+        return (
+            self.tokenRefresher is not None
+            and token is not None
+            and token != self._refreshedFor
+            and token != self._unprovenToken
+        )
+
+    def _refreshAfterRejection(
+        self, error: AuthenticationFailed, token: Secret
+    ) -> None:
+        """
+        Ask the refresher for a new token once, then connect with it; give up
+        (saying both why) if that fails. Neither ready nor given up while
+        the refresh is under way.
+        """
+        assert self.tokenRefresher is not None
+        self.log.warn(
+            "{problem}; refreshing the token with the refresh token in {path}",
+            problem=error.message.split(";")[0],
+            path=self.tokenRefresher.path,
+        )
+        self._refreshedFor = token
+        self._stateChanged()
+        self._failureWaiters.fire(error)
+        if not self.retrying:
+            # Stopped (or given up) by a failure waiter.
+            return
+        self._refreshing = d = self.tokenRefresher.refresh()
+
+        def refreshed(newToken: Secret) -> None:
+            self._refreshing = None
+            self._unprovenToken = newToken
+            self.updateToken(newToken)
+            if self.retrying:
+                self.log.info("Connecting again with the refreshed token")
+                self._connectLater(0)
+
+        def failed(reason: Failure) -> None:
+            if reason.check(defer.CancelledError):
+                return
+            self._refreshing = None
+            refreshError = reason.value
+            if not isinstance(refreshError, YaDiskPushError):
+                refreshError = YaDiskPushError(str(refreshError))
+            combined = RejectedAndNotRefreshed(error, refreshError)
+            self._rejectedToken = token
+            self.log.error("{problem}", problem=combined.message)
+            self._giveUp(combined)
+
+        d.addCallbacks(refreshed, failed)
 
     def _giveUp(self, reason: YaDiskPushError) -> None:
         if self.gaveUp is not None:
