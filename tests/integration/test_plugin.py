@@ -353,3 +353,42 @@ class PluginTests(TwistdTestCase):
         self.assertEqual(Path(packageFile), REPOSITORY / "yadiskpush" / "__init__.py")
         self.assertEqual(modules, "['yadiskpush.cli.options']")
         self.assertIn(repr(str(REPOSITORY / "twisted" / "plugins")), pluginPath)
+
+    @defer.inlineCallbacks
+    def test_version(self) -> Steps:
+        """twistd yadiskpush --version prints yadiskpush's, Twisted's and
+        wokkel's versions, one a line, and exits 0."""
+        from importlib.metadata import version
+
+        from twisted import __version__ as twistedVersion
+        from yadiskpush import __version__
+
+        process, transport = self.spawnTwistd("yadiskpush", "--version")
+        yield process.ended
+        self.assertEqual(process.exitCode, 0, process.text())
+        self.assertEqual(
+            process.lines,
+            [
+                f"yadiskpush {__version__}",
+                f"Twisted {twistedVersion}",
+                f"wokkel {version('wokkel')}",
+            ],
+        )
+
+    @defer.inlineCallbacks
+    def test_badValueNamesItsOption(self) -> Steps:
+        """A bad value is one line naming the option and what it takes, no
+        Python exception text, exit 1."""
+        process, transport = self.spawnTwistd(*TWISTD_ARGS, "--port", "abc")
+        yield process.ended
+        output = process.text()
+        self.assertEqual(process.exitCode, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("invalid literal", output)
+        self.assertTrue(
+            any(
+                line.endswith(": --port: 'abc' is not a port number (1 to 65535)")
+                for line in process.lines
+            ),
+            output,
+        )
