@@ -37,6 +37,7 @@ from yadiskpush.errors import (
 )
 from yadiskpush.logs import Logger
 from yadiskpush.notification import Notification
+from yadiskpush.oauth.refresh import TokenRefresher
 from yadiskpush.reconnect import ReconnectPolicy
 from yadiskpush.secret import Secret
 from yadiskpush.service import (
@@ -147,12 +148,20 @@ class PushFleet(service.MultiService):
     # -- accounts -----------------------------------------------------------
 
     def add(
-        self, login: str, token: Secret, *, tokenFile: str | None = None
+        self,
+        login: str,
+        token: Secret,
+        *,
+        tokenFile: str | None = None,
+        tokenRefresher: TokenRefresher | None = None,
     ) -> PushService:
         """
         Add an account (started at once if the fleet is running).
 
         :param tokenFile: a file to re-read the token from at every attempt.
+        :param tokenRefresher: refreshes that file's token when it nears
+            expiry, or once when the server rejects it (see
+            :class:`~yadiskpush.service.PushService`).
         :raises ValueError: if ``login`` is in the fleet already.
         :raises yadiskpush.errors.ConfigurationError: for a bad login.
         """
@@ -165,6 +174,7 @@ class PushFleet(service.MultiService):
             settings,
             context=self.context,
             reconnectPolicy=ReconnectPolicy(minimumWindow=self._reconnectWindow),
+            tokenRefresher=tokenRefresher,
         )
         push.addNotificationObserver(self._deliver)
         push.addStateObserver(self._accountChanged)
