@@ -15,7 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.python import usage
@@ -30,6 +30,10 @@ from yadiskpush.settings import (
     DEFAULT_TLS_PORT,
     Settings,
 )
+
+if TYPE_CHECKING:
+    from yadiskpush.oauth.refresh import TokenRefresher
+    from yadiskpush.oauth.tokenfile import TokenFile
 
 #: Where a usage error sends the reader.
 HELP_HINT = "see twistd yadiskpush --help"
@@ -209,8 +213,9 @@ class Options(usage.Options):
             "token-file",
             "t",
             None,
-            "File whose first line is the OAuth token "
-            f"(else ${TOKEN_ENVIRONMENT_VARIABLE}).",
+            "The JSON token file of yadiskpush token (its login is the default "
+            "--login; the token is refreshed in it), or a file whose first line "
+            f"is the OAuth token (else ${TOKEN_ENVIRONMENT_VARIABLE}).",
         ],
         [
             "host",
@@ -329,6 +334,8 @@ class Options(usage.Options):
         #: login -> token, from --accounts.
         self.accounts: dict[str, Secret] = {}
         self.warnings: list[str] = []
+        #: What --token-file holds (JSON or a plain token), once read.
+        self.tokenFile: TokenFile | None = None
         self.environ: dict[str, str] = dict(os.environ)
 
     def opt_version(self) -> None:
@@ -449,13 +456,14 @@ class Options(usage.Options):
         )
 
     def _buildSettings(self) -> Settings:
+        token: Secret | None = None
+        if self["token-file"]:
+            token = self._readTokenFile(self["token-file"])
         if not self["login"]:
             raise ConfigurationError(
                 "--login is required (your Yandex login), or --accounts FILE"
             )
-        if self["token-file"]:
-            token, self.warnings = Secret.fromFile(self["token-file"])
-        else:
+        if token is None:
             fromEnvironment = Secret.fromEnvironment(self.environ)
             if fromEnvironment is None:
                 raise ConfigurationError(
@@ -469,6 +477,26 @@ class Options(usage.Options):
             tokenFile=self["token-file"],
             **self.connectionSettings(),
         )
+
+    def _readTokenFile(self, path: str) -> Secret:
+        """
+        Read --token-file; its login (a JSON file's) is the default --login,
+        and a different --login is a mistake, not a choice.
+        """
+        from yadiskpush.oauth.tokenfile import readTokenFile
+
+        self.tokenFile, self.warnings = readTokenFile(path)
+        fileLogin = self.tokenFile.login
+        if fileLogin:
+            if not self["login"]:
+                self["login"] = fileLogin
+            elif self["login"] != fileLogin:
+                raise ConfigurationError(
+                    f"--login {self['login']} differs from the login {fileLogin} "
+                    f"of the token file {path}: drop --login, or give the token "
+                    f"file of {self['login']}"
+                )
+        return self.tokenFile.accessToken
 
 
 def logLevelOf(options: Options) -> str:
@@ -516,6 +544,35 @@ def buildSinks(options: Options, reactor: Any) -> list[Any]:
     return sinks
 
 
+def buildTokenRefresher(options: Options, reactor: Any) -> TokenRefresher | None:
+    """
+    The refresher of a JSON --token-file (``None`` for a plain token, which
+    cannot be refreshed, and for --accounts).
+
+    ``--ca-file`` is passed on, but it verifies the OAuth server only when
+    the file's ``oauth_url`` is a loopback one (the local stand-in, whose
+    certificate the local CA signs); Yandex's public OAuth server is always
+    verified with the system's roots, since a CA file for the push server
+    would not hold its CA (see
+    :func:`~yadiskpush.oauth.refresh.caFileForOAuth`).
+    """
+    from yadiskpush.logs import Logger
+    from yadiskpush.oauth.refresh import TokenRefresher
+    from yadiskpush.oauth.tokenfile import TokenFile
+
+    settings, tokenFile = options.settings, options.tokenFile
+    if settings is None or settings.tokenFile is None or tokenFile is None:
+        return None
+    if tokenFile == TokenFile(accessToken=tokenFile.accessToken):
+        return None
+    return TokenRefresher(
+        settings.tokenFile,
+        reactor,
+        caFile=options["ca-file"],
+        log=Logger(namespace=f"yadiskpush.account.{settings.login}"),
+    )
+
+
 def makeService(options: Options) -> service.IService:
     """Assemble the services for ``twistd yadiskpush``; nothing fails here."""
     from twisted.internet import reactor
@@ -540,7 +597,12 @@ def makeService(options: Options) -> service.IService:
     )
     settings = options.settings
     if settings is not None:
-        fleet.add(settings.login, settings.token, tokenFile=settings.tokenFile)
+        fleet.add(
+            settings.login,
+            settings.token,
+            tokenFile=settings.tokenFile,
+            tokenRefresher=buildTokenRefresher(options, reactor),
+        )
     else:
         fleet.apply(options.accounts)
     exitStatus = ExitStatus()
