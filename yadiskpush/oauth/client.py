@@ -49,7 +49,7 @@ from twisted.web.client import (
     ResponseFailed,
 )
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from yadiskpush import __version__
@@ -69,7 +69,7 @@ MAX_SHOWN_TEXT = 200
 
 # Long runs of token-like characters in server text are hidden: a server
 # that echoes a request would otherwise print a secret.
-_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_\-.~+/=:]{24,}")
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_\-~+=]{20,}")
 
 # Sentences for the OAuth errors a user can meet; {description} is the
 # server's own text, cleaned.
@@ -151,12 +151,16 @@ class TokenGrant:
     expiresIn: float | None
 
 
-def cleanServerText(text: str, limit: int = MAX_SHOWN_TEXT) -> str:
+def cleanServerText(text: str, limit: int = MAX_SHOWN_TEXT, redact: bool = True) -> str:
     """
     Make text from a server fit to show: token-like runs hidden, control
     characters replaced, white space collapsed, cut to ``limit``.
     """
-    text = _TOKEN_LIKE.sub("<redacted>", text)
+    if redact:
+        # Random tokens carry digits; long words such as error codes do not.
+        text = _TOKEN_LIKE.sub(
+            lambda m: "<redacted>" if any(c.isdigit() for c in m[0]) else m[0], text
+        )
     text = "".join(c if c.isprintable() else " " for c in text)
     text = " ".join(text.split())
     if len(text) > limit:
@@ -219,6 +223,31 @@ class VerifyingPolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trustRoot)
+
+
+@implementer(IBodyProducer)
+class _FormBody:
+    """
+    A small request body written at once: treq's default producer writes
+    through the global cooperator, off the injected reactor.
+    """
+
+    def __init__(self, data: str | bytes) -> None:
+        self._data = data.encode("ascii") if isinstance(data, str) else data
+        self.length = len(self._data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 _RESPONSE_DONE = Failure(ResponseDone())
@@ -325,7 +354,7 @@ class OAuthClient:
                 # One request now and then: no idle connections to clean up.
                 pool=HTTPConnectionPool(reactor, persistent=False),
             )
-        self._http = HTTPClient(agent)
+        self._http = HTTPClient(agent, data_to_body_producer=_FormBody)
 
     # -- requests ---------------------------------------------------------
 
@@ -446,8 +475,8 @@ class OAuthClient:
                 ) from None
             return DeviceCode(
                 deviceCode=Secret(deviceCode),
-                userCode=cleanServerText(userCode, 64),
-                verificationUrl=cleanServerText(verificationUrl),
+                userCode=cleanServerText(userCode, 64, redact=False),
+                verificationUrl=cleanServerText(verificationUrl, redact=False),
                 interval=max(interval, 1.0),
                 expiresIn=expiresIn,
             )
@@ -553,7 +582,7 @@ class OAuthClient:
                 raise OAuthError(
                     "bad_response", f"{url} answered without user.login", status
                 )
-            return cleanServerText(login, 128)
+            return cleanServerText(login, 128, redact=False)
 
         return Deferred.fromCoroutine(fetch())
 
@@ -648,7 +677,7 @@ def _number(document: dict[str, Any], key: str, default: float) -> float:
 
 
 def _oauthError(status: int, document: dict[str, Any]) -> OAuthError:
-    code = cleanServerText(document["error"], 64) or "unknown"
+    code = cleanServerText(document["error"], 64, redact=False) or "unknown"
     description = document.get("error_description")
     description = (
         cleanServerText(description) if isinstance(description, str) else ""
