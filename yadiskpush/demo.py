@@ -5,7 +5,10 @@ The vendor's server cannot be reached from everywhere (and needs an
 account), so the demo starts :class:`~yadiskpush.localserver.LocalServer` in
 the same process, with a throwaway CA and a random token, points an ordinary
 :class:`~yadiskpush.service.PushService` at it and lets the server push a
-short series of sample changes. Everything the client logs is what it logs
+short series of sample changes, each a ``<diff>`` as the vendor sends it
+(files and folders created, changed, renamed and deleted; see
+:func:`~yadiskpush.localserver.diffs.samplePushes`), so the log shows what
+changed. Everything the client logs is what it logs
 against the real server; the sinks (``--json-out``, ``--exec``) work as
 usual. ``kill -USR1 PID`` makes the server push one more change.
 """
@@ -26,6 +29,7 @@ from twisted.logger import Logger
 
 from yadiskpush.application import PushApplication
 from yadiskpush.localserver import LocalServer, NoOpenSession
+from yadiskpush.localserver.diffs import samplePushes
 from yadiskpush.secret import Secret
 from yadiskpush.settings import Settings
 
@@ -34,11 +38,10 @@ SAMPLE_COUNT = 3
 SAMPLE_INTERVAL = 2.0
 PING_INTERVAL = 15.0
 
-_SAMPLE_PATHS = (
-    "disk:/Documents/report.odt",
-    "disk:/Photos/2026-11-24 12-00-00.jpg",
-    "disk:/Music/playlist.m3u",
-)
+#: What the demo server pushes, in turn (SIGUSR1 goes on through the list,
+#: then starts over): the first SAMPLE_COUNT create, change, rename and
+#: delete.
+_SAMPLES = samplePushes()
 
 
 class DemoService(service.Service):
@@ -123,17 +126,9 @@ class DemoService(service.Service):
         if self._samples is not None and revision >= SAMPLE_COUNT:
             if self._samples.running:
                 self._samples.stop()
-        path = _SAMPLE_PATHS[(revision - 1) % len(_SAMPLE_PATHS)]
-        d = self.server.push(
-            DEMO_LOGIN,
-            {
-                "t": "diff",
-                "uid": "4242",
-                "old": str(revision - 1),
-                "new": str(revision),
-            },
-            f'<op type="changed" key="{path}"/>',
-        )
+        sample = _SAMPLES[(revision - 1) % len(_SAMPLES)]
+        attributes = dict(sample.attributes, old=str(revision - 1), new=str(revision))
+        d = self.server.push(DEMO_LOGIN, attributes, sample.childrenXml)
         d.addErrback(lambda f: f.trap(NoOpenSession))
         return d
 
