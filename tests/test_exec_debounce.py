@@ -1,26 +1,39 @@
 """
 Tests for the debounce, the longest delay and the start run of
-:class:`~yadiskpush.delivery.sinks.execute.ExecSink`.
+:class:`~yadiskpush.delivery.sinks.execute.ExecSink`, their options, and
+``--exec-on-start`` end to end.
 
-Everything runs on a ``task.Clock`` with the fake process launcher and
+The sink's tests run on a ``task.Clock`` with the fake process launcher and
 journal of ``test_sinks_execute``: each push, each second and each exit is
-the test's move.
+the test's move. :class:`ExecOnStartTwistdTests` runs the real ``twistd``
+child (as ``tests/integration/test_plugin`` does) against a
+:class:`~yadiskpush.localserver.LocalServer` over loopback TLS, and waits on
+the child's output only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+from pathlib import Path
 
+from twisted.internet import defer, reactor
+from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
+from tests.integration.test_plugin import TWISTD_ARGS, Steps, TwistdTestCase
 from tests.test_sinks_execute import (
     FakeJournal,
     FakeLauncherTestCase,
     exited,
     makeNotification,
 )
+from yadiskpush.cli.options import Options, buildSinks
 from yadiskpush.delivery.journal import Entry
 from yadiskpush.delivery.sinks import ExecSink, encodeJSONLine
+from yadiskpush.localserver import LocalServer
 
 #: ``changes`` as the JSON line carries them, for YADISKPUSH_CHANGES.
 CHANGES = [
@@ -319,3 +332,152 @@ class StartRunTests(FakeLauncherTestCase):
         self.assertEqual(env["YADISKPUSH_CHANGES"], "3")
         self.assertEqual(env["YADISKPUSH_COUNT"], "3")
         self.assertEqual(env["YADISKPUSH_REASON"], "push")
+
+
+def parse(*argv: str, environ: dict[str, str] | None = None) -> Options:
+    options = Options()
+    options.environ = environ or {}
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """--exec-debounce, --exec-max-delay and --exec-on-start."""
+
+    def setUp(self) -> None:
+        self.environ = {
+            "YADISKPUSH_TOKEN": "AQAAAAA-secret-token",
+            "STATE_DIRECTORY": os.path.abspath(self.mktemp()),
+        }
+
+    def parse(self, *argv: str) -> Options:
+        return parse("--login", "test", *argv, environ=self.environ)
+
+    def assertUsageError(self, fragment: str, *argv: str) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse(*argv)
+        message = str(caught.exception)
+        self.assertIn(fragment, message)
+        self.assertNotIn("\n", message)
+        self.assertNotIn("secret-token", message)
+
+    def test_defaultsReachTheSink(self) -> None:
+        """By default the sink waits 1 s of quiet and at most 30 s; given
+        values reach it, 0 included."""
+        [sink] = buildSinks(self.parse("--exec", "true", "--log-level", "warn"), None)
+        self.assertEqual((sink.debounce, sink.maxDelay), (1.0, 30.0))
+        options = self.parse(
+            "--exec",
+            "true",
+            "--log-level",
+            "warn",
+            "--exec-debounce",
+            "0",
+            "--exec-max-delay",
+            "0",
+        )
+        [sink] = buildSinks(options, None)
+        self.assertEqual((sink.debounce, sink.maxDelay), (0.0, 0.0))
+        self.assertFalse(options["exec-on-start"])
+
+    def test_maxDelayBelowDebounce(self) -> None:
+        """A longest delay shorter than the debounce is a usage error naming
+        both options."""
+        self.assertUsageError(
+            "--exec-max-delay (2 s) must be at least --exec-debounce (5 s)",
+            "--exec",
+            "true",
+            "--exec-debounce",
+            "5",
+            "--exec-max-delay",
+            "2",
+        )
+
+    def test_notSeconds(self) -> None:
+        """A negative or non-numeric value is a usage error naming the
+        option."""
+        for option in ("--exec-debounce", "--exec-max-delay"):
+            for value in ("-1", "soon", "nan"):
+                self.assertUsageError(option, "--exec", "true", option, value)
+
+    def test_onStartNeedsExec(self) -> None:
+        """--exec-on-start without --exec is a usage error."""
+        self.assertUsageError(
+            "--exec-on-start runs the --exec command: give --exec COMMAND too",
+            "--exec-on-start",
+        )
+
+
+#: Records one line per run (reason, count, changes, login, stdin lines),
+#: then says which run it was on its output, which the child logs.
+RECORD_RUN = (
+    'n=$(wc -l); echo "$YADISKPUSH_REASON $YADISKPUSH_COUNT '
+    '$YADISKPUSH_CHANGES $YADISKPUSH_LOGIN $n" >> "$OUT"; '
+    'echo "ran for $YADISKPUSH_REASON"'
+)
+
+LOGIN = "test"
+
+
+class ExecOnStartTwistdTests(TwistdTestCase):
+    """twistd yadiskpush --exec-on-start: one start run per account after
+    its first subscription, none after a reconnect."""
+
+    @defer.inlineCallbacks
+    def test_startRunOnceAfterFirstSubscription(self) -> Steps:
+        """The command runs once with REASON=start, COUNT=0 and no input
+        after the subscription; after the server drops the session and the
+        client subscribes again, only the push runs it (REASON=push)."""
+        token = "y0_" + secrets.token_urlsafe(32)
+        server = LocalServer({LOGIN: token}, reactor=reactor)
+        yield server.start()
+        self.addCleanup(server.stop)
+        directory = Path(self.directory)
+        tokenFile = directory / "token"
+        tokenFile.touch(mode=0o600)
+        tokenFile.write_text(token + "\n")
+        out = directory / "runs"
+        self.environment["OUT"] = str(out)
+        caFile = server.writeCACertificate(directory / "ca.pem")
+        process, transport = self.spawnTwistd(
+            *TWISTD_ARGS,
+            "--login",
+            LOGIN,
+            "--token-file",
+            str(tokenFile),
+            "--host",
+            "localhost",
+            "--port",
+            str(server.starttlsPort),
+            "--tls-port",
+            str(server.tlsPort),
+            "--ca-file",
+            str(caFile),
+            "--state-dir",
+            str(directory / "state"),
+            "--exec",
+            RECORD_RUN,
+            "--exec-on-start",
+            "--exec-debounce",
+            "0.1",
+        )
+        first = yield server.whenSubscribed(1, LOGIN)
+        yield process.whenLine("ran for start")
+        self.assertEqual(out.read_text(), f"start 0 0 {LOGIN} 0\n")
+
+        first.drop()
+        yield server.whenSubscribed(2, LOGIN)
+        answer = yield server.push(
+            LOGIN,
+            {"type": "disk", "new": "7"},
+            "<diff><op type='new' key='disk:/Docs/a.txt' resource_type='file'/>"
+            "<op type='deleted' key='disk:/Docs/b.txt' resource_type='file'/>"
+            "</diff>",
+        )
+        self.assertEqual(answer["type"], "result")
+        yield process.whenLine("ran for push")
+        yield self.stopCleanly(process, transport)
+        self.assertEqual(
+            out.read_text().splitlines(),
+            [f"start 0 0 {LOGIN} 0", f"push 1 2 {LOGIN} 1"],
+        )

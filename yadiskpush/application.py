@@ -18,7 +18,7 @@ import atexit
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -80,6 +80,14 @@ class PushApplication(service.Service):
     account has subscribed or given up, a ``STATUS=`` line whenever the
     counts change, ``RELOADING=1`` around SIGHUP, ``STOPPING=1`` at stop,
     the reason of an exit 78, and ``WATCHDOG=1`` pings while running.
+
+    ``onFirstSubscription(login)`` is called once per account, after its
+    first subscription in this process (``--exec-on-start``), since what
+    changed while it was not running was never pushed. Not after a
+    reconnect: a full sync at every reconnect of thousands of accounts
+    would cost more than the seconds of a reconnect are worth. An account
+    SIGHUP adds (or removes and adds back) gets its call after its own
+    first subscription.
     """
 
     _log = Logger()
@@ -92,8 +100,12 @@ class PushApplication(service.Service):
         exitStatus: ExitStatus | None = None,
         accountsFile: str | None = None,
         notifier: SystemdNotifier | None = None,
+        onFirstSubscription: Callable[[str], object] | None = None,
     ) -> None:
         self.push = push
+        self.onFirstSubscription = onFirstSubscription
+        # Logins whose first subscription has been reported.
+        self._subscribedOnce: set[str] = set()
         # systemd's view of the service (Type=notify); a no-op without it.
         self.notifier = notifier if notifier is not None else SystemdNotifier(None)
         self._lastStatus = ""
@@ -110,6 +122,11 @@ class PushApplication(service.Service):
             push.addCountObserver(lambda fleet: self._countsChanged())
         else:
             push.addStateObserver(lambda service: self._countsChanged())
+        if onFirstSubscription is not None:
+            if isinstance(push, PushFleet):
+                push.addSubscriptionObserver(self._subscribed)
+            else:
+                push.addStateObserver(self._serviceChanged)
 
     def deliver(self, notification: Any) -> Any:
         """Hand one notification to every sink; done when all have it."""
@@ -158,6 +175,8 @@ class PushApplication(service.Service):
             )
             return
         change = self.push.apply(accounts)
+        # An account added back later has missed its changes meanwhile.
+        self._subscribedOnce.difference_update(change.removed)
         self._log.info("Accounts file re-read: {change}", change=str(change))
 
     def startService(self) -> None:
@@ -186,6 +205,21 @@ class PushApplication(service.Service):
                 yield sink.close()
             except Exception:
                 self._log.failure("Closing {sink} failed", sink=sink)
+
+    def _serviceChanged(self, push: PushService) -> None:
+        if push.ready:
+            self._subscribed(push.settings.login)
+
+    def _subscribed(self, login: str) -> None:
+        if login in self._subscribedOnce or self.onFirstSubscription is None:
+            return
+        self._subscribedOnce.add(login)
+        try:
+            self.onFirstSubscription(login)
+        except Exception:
+            self._log.failure(
+                "The first-subscription hook failed for {login}", login=login
+            )
 
     def _gaveUp(self, error: YaDiskPushError) -> None:
         if self.exitStatus is not None:

@@ -137,6 +137,7 @@ class PushFleet(service.MultiService):
         self._tokens: dict[str, Secret] = {}
         self._observers: list[NotificationObserver] = []
         self._countObservers: list[Callable[[PushFleet], None]] = []
+        self._subscriptionObservers: list[Callable[[str], None]] = []
         self._subscribed: set[str] = set()
         self._gaveUp: dict[str, YaDiskPushError] = {}
         self._settledWaiters = _Waiters()
@@ -273,6 +274,7 @@ class PushFleet(service.MultiService):
         login = push.settings.login
         if self._accounts.get(login) is not push:
             return
+        newlySubscribed = push.ready and login not in self._subscribed
         if push.ready:
             self._subscribed.add(login)
         else:
@@ -283,6 +285,9 @@ class PushFleet(service.MultiService):
             self._gaveUp.pop(login, None)
         self._checkSettled()
         self._countsChanged()
+        if newlySubscribed:
+            for observer in list(self._subscriptionObservers):
+                observer(login)
         if self._gaveUp and len(self._gaveUp) == len(self._accounts):
             self._allGaveUp.fire(self._giveUpError())
 
@@ -293,6 +298,14 @@ class PushFleet(service.MultiService):
         elsewhere (systemd's ``STATUS=``) follows the counts without polling.
         """
         self._countObservers.append(observer)
+
+    def addSubscriptionObserver(self, observer: Callable[[str], None]) -> None:
+        """
+        Call ``observer(login)`` each time an account's session becomes
+        subscribed: after its first connection and after every reconnect
+        (``--exec-on-start`` keeps the first of each login).
+        """
+        self._subscriptionObservers.append(observer)
 
     def _countsChanged(self) -> None:
         for observer in list(self._countObservers):

@@ -80,6 +80,14 @@ def _positiveSeconds(value: str) -> float:
     return float(value)
 
 
+@coerce("Seconds, 0 or more.")
+def _seconds(value: str) -> float:
+    expected = "a number of seconds, 0 or more"
+    if not _number(value, float, expected) >= 0:
+        raise ValueError(f"{value!r} is not {expected}")
+    return float(value)
+
+
 def _port(value: str, low: int) -> int:
     expected = f"a port number ({low} to 65535)"
     port = _number(value, int, expected)
@@ -261,6 +269,22 @@ class Options(usage.Options):
             _positiveSeconds,
         ],
         [
+            "exec-debounce",
+            None,
+            1.0,
+            "Start an account's --exec run once no push of it came for this many "
+            "seconds (0: at once).",
+            _seconds,
+        ],
+        [
+            "exec-max-delay",
+            None,
+            30.0,
+            "Start it at the latest this many seconds after its oldest push not "
+            "yet run, even while pushes keep coming (at least --exec-debounce).",
+            _seconds,
+        ],
+        [
             "exec-jobs",
             None,
             4,
@@ -325,6 +349,13 @@ class Options(usage.Options):
         ["compress", None, "Request zlib stream compression (XEP-0138) if offered."],
         ["demo", None, "Run against a local demo server started in this process."],
         ["log-traffic", None, "Log the raw XML traffic (the token is redacted)."],
+        [
+            "exec-on-start",
+            None,
+            "Run the --exec command once per account after its first subscription "
+            "(YADISKPUSH_REASON=start): changes made while the client was down are "
+            "not pushed.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -387,6 +418,15 @@ class Options(usage.Options):
     def _checkOutput(self) -> None:
         if self["exec"] is not None and not self["exec"].strip():
             raise ConfigurationError("--exec needs a command")
+        if self["exec-on-start"] and not self["exec"]:
+            raise ConfigurationError(
+                "--exec-on-start runs the --exec command: give --exec COMMAND too"
+            )
+        if self["exec-max-delay"] < self["exec-debounce"]:
+            raise ConfigurationError(
+                f"--exec-max-delay ({self['exec-max-delay']:g} s) must be at least "
+                f"--exec-debounce ({self['exec-debounce']:g} s)"
+            )
         # The journal lives there: a bad directory, or a corrupt or locked
         # journal, is a usage error now rather than refused pushes later.
         # The demo's pushes are not journaled (see buildSinks).
@@ -537,6 +577,8 @@ def buildSinks(options: Options, reactor: Any) -> list[Any]:
             reactor=reactor,
             journal=journal,
             maxJobs=options["exec-jobs"],
+            debounce=options["exec-debounce"],
+            maxDelay=options["exec-max-delay"],
         )
         sinks.append(execSink)
     if LOG_LEVELS.index(logLevelOf(options)) <= LOG_LEVELS.index("info"):
@@ -607,11 +649,19 @@ def makeService(options: Options) -> service.IService:
         fleet.apply(options.accounts)
     exitStatus = ExitStatus()
     exitStatus.register()
+    sinks = buildSinks(options, reactor)
+    onFirstSubscription = None
+    if options["exec-on-start"]:
+        from yadiskpush.delivery.sinks import ExecSink
+
+        [execSink] = [s for s in sinks if isinstance(s, ExecSink)]
+        onFirstSubscription = execSink.runOnStart
     return PushApplication(
         fleet,
-        buildSinks(options, reactor),
+        sinks,
         reactor=reactor,
         exitStatus=exitStatus,
         accountsFile=options["accounts"],
+        onFirstSubscription=onFirstSubscription,
         notifier=SystemdNotifier.fromEnvironment(options.environ, reactor),
     )
