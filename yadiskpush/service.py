@@ -599,10 +599,16 @@ class PushService(service.Service):
         the refresh is under way.
         """
         assert self.tokenRefresher is not None
+        # Refreshed meanwhile (by the periodic check), the file holds a new
+        # token already: connect with that one, no second refresh.
+        current = self._readToken()
         self.log.warn(
-            "{problem}; refreshing the token with the refresh token in {path}",
+            "{problem}; {action}",
             problem=error.message.split(";")[0],
-            path=self.tokenRefresher.path,
+            action="the token file holds a newer token"
+            if current != token
+            else f"refreshing the token with the refresh token in "
+            f"{self.tokenRefresher.path}",
         )
         self._refreshedFor = token
         self._stateChanged()
@@ -610,15 +616,14 @@ class PushService(service.Service):
         if not self.retrying:
             # Stopped (or given up) by a failure waiter.
             return
+        if current != token:
+            self._connectWith(current)
+            return
         self._refreshing = d = self.tokenRefresher.refresh()
 
         def refreshed(newToken: Secret) -> None:
             self._refreshing = None
-            self._unprovenToken = newToken
-            self.updateToken(newToken)
-            if self.retrying:
-                self.log.info("Connecting again with the refreshed token")
-                self._connectLater(0)
+            self._connectWith(newToken)
 
         def failed(reason: Failure) -> None:
             if reason.check(defer.CancelledError):
@@ -633,6 +638,14 @@ class PushService(service.Service):
             self._giveUp(combined)
 
         d.addCallbacks(refreshed, failed)
+
+    def _connectWith(self, refreshedToken: Secret) -> None:
+        """Connect again at once with a token refreshed after a rejection."""
+        self._unprovenToken = refreshedToken
+        self.updateToken(refreshedToken)
+        if self.retrying:
+            self.log.info("Connecting again with the refreshed token")
+            self._connectLater(0)
 
     def _giveUp(self, reason: YaDiskPushError) -> None:
         if self.gaveUp is not None:

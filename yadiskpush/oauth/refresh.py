@@ -347,11 +347,14 @@ class TokenRefresher:
         if isinstance(error, TokenRefreshError):
             return reason
         if isinstance(error, YaDiskPushError):
-            code = getattr(error, "code", None)
+            # OAuthError knows (no answer, or a 5xx); others by their code.
+            transient = getattr(error, "temporary", None)
+            if transient is None:
+                transient = getattr(error, "code", None) in _TRANSIENT_CODES
             raise TokenRefreshError(
                 self.path,
                 f"cannot refresh the OAuth token in {self.path}: {error.message}",
-                transient=code in _TRANSIENT_CODES,
+                transient=bool(transient),
             )
         # A bug, not a refusal: log it once in full, report one sentence.
         self.log.failure("Refreshing the OAuth token failed", reason)
