@@ -469,3 +469,79 @@ class ReadBackTests(RefresherTestCase):
         self.assertEqual(warnings, [])
         self.assertEqual(tokenFile.accessToken, Secret(NEW_ACCESS))
         self.assertTrue(tokenFile.canRefresh())
+
+
+class OptionsTests(RefresherTestCase):
+    """twistd yadiskpush --token-file with the JSON file."""
+
+    def parse(self, *argv: str) -> Any:
+        from yadiskpush.cli.options import Options
+
+        options = Options()
+        options.environ = {}
+        options.parseOptions(list(argv))
+        return options
+
+    def test_loginFromTheFile(self) -> None:
+        """Without --login, the JSON file's login is used."""
+        self.writeFile()
+        options = self.parse("--token-file", self.path)
+        self.assertEqual(options.settings.login, "alice")
+        self.assertEqual(options.settings.token, Secret(OLD_ACCESS))
+        self.assertEqual(options.settings.tokenFile, self.path)
+
+    def test_sameLoginGiven(self) -> None:
+        """--login equal to the file's is fine."""
+        self.writeFile()
+        self.assertEqual(
+            self.parse("--token-file", self.path, "--login", "alice").settings.login,
+            "alice",
+        )
+
+    def test_differentLoginIsAUsageError(self) -> None:
+        """A --login other than the file's is a usage error naming both."""
+        from twisted.python.usage import UsageError
+
+        self.writeFile()
+        error = self.assertRaises(
+            UsageError, self.parse, "--token-file", self.path, "--login", "bob"
+        )
+        self.assertEqual(
+            str(error),
+            f"--login bob differs from the login alice of the token file "
+            f"{self.path}: drop --login, or give the token file of bob",
+        )
+
+    def test_noLoginAnywhere(self) -> None:
+        """A file without a login (plain, or JSON without one) still needs
+        --login."""
+        from twisted.python.usage import UsageError
+
+        self.writePlain()
+        error = self.assertRaises(UsageError, self.parse, "--token-file", self.path)
+        self.assertIn("--login is required", str(error))
+        self.writeFile(login=None)
+        error = self.assertRaises(UsageError, self.parse, "--token-file", self.path)
+        self.assertIn("--login is required", str(error))
+
+    def test_refresherForJSONOnly(self) -> None:
+        """A JSON token file gets a refresher with --ca-file passed on; a
+        plain one and YADISKPUSH_TOKEN get none."""
+        from yadiskpush.cli.options import buildTokenRefresher
+
+        self.writeFile()
+        options = self.parse("--token-file", self.path)
+        options["ca-file"] = "ca.pem"  # not read here: only handed on
+        refresher = buildTokenRefresher(options, self.clock)
+        assert refresher is not None
+        self.assertEqual((refresher.path, refresher.caFile), (self.path, "ca.pem"))
+        self.assertEqual(refresher.log.namespace, "yadiskpush.account.alice")
+        self.writePlain()
+        options = self.parse("--token-file", self.path, "--login", "alice")
+        self.assertIsNone(buildTokenRefresher(options, self.clock))
+        from yadiskpush.cli.options import Options
+
+        options = Options()
+        options.environ = {"YADISKPUSH_TOKEN": OLD_ACCESS}
+        options.parseOptions(["--login", "alice"])
+        self.assertIsNone(buildTokenRefresher(options, self.clock))
