@@ -244,11 +244,14 @@ class PluginTests(TwistdTestCase):
         self.assertEqual([o["id"] for o in lines], ["push-1", "push-2", "push-3"])
         self.assertEqual([o["attributes"]["new"] for o in lines], ["1", "2", "3"])
         self.assertEqual(
-            [o["children"][0]["attributes"]["key"] for o in lines],
+            [[(c["type"], c["path"]) for c in o["changes"]] for o in lines],
             [
-                "disk:/Documents/report.odt",
-                "disk:/Photos/2026-11-24 12-00-00.jpg",
-                "disk:/Music/playlist.m3u",
+                [("new", "/Документы"), ("new", "/Документы/Отчёт за ноябрь.odt")],
+                [
+                    ("changed", "/Документы/Отчёт за ноябрь.odt"),
+                    ("moved", "/Photos/Море на закате.jpg"),
+                ],
+                [("deleted", "/Old drafts"), ("deleted", "/notes.txt")],
             ],
         )
         self.assertInOrder(
@@ -282,7 +285,10 @@ class PluginTests(TwistdTestCase):
         yield process.whenLine("kill -USR1")
         transport.signalProcess(signal.SIGUSR1)
         line = yield process.whenLine("Disk changed: id='push-1'")
-        self.assertIn("[op type='changed' key='disk:/Documents/report.odt']", line)
+        self.assertIn(
+            "2 changes: created /Документы, created /Документы/Отчёт за ноябрь.odt",
+            line,
+        )
         self.assertInOrder(
             process,
             [
