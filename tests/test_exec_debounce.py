@@ -481,3 +481,52 @@ class ExecOnStartTwistdTests(TwistdTestCase):
             out.read_text().splitlines(),
             [f"start 0 0 {LOGIN} 0", f"push 1 2 {LOGIN} 1"],
         )
+
+    @defer.inlineCallbacks
+    def test_startRunForAccountsAddedBySighup(self) -> Steps:
+        """With --accounts, each account gets one start run; one SIGHUP adds
+        gets its own after its first subscription, and so does one removed
+        and added back."""
+        tokens = {login: "y0_" + secrets.token_urlsafe(16) for login in "abc"}
+        server = LocalServer(tokens, reactor=reactor)
+        yield server.start()
+        self.addCleanup(server.stop)
+        directory = Path(self.directory)
+        accounts = directory / "accounts"
+        out = directory / "runs"
+        self.environment["OUT"] = str(out)
+
+        def writeAccounts(*logins: str) -> None:
+            new = directory / "accounts.new"
+            new.touch(mode=0o600)
+            new.write_text("".join(f"{login}:{tokens[login]}\n" for login in logins))
+            new.replace(accounts)
+
+        writeAccounts("a", "b")
+        caFile = server.writeCACertificate(directory / "ca.pem")
+        process, transport = self.spawnTwistd(
+            *TWISTD_ARGS,
+            f"--accounts={accounts}",
+            "--host=localhost",
+            f"--port={server.starttlsPort}",
+            f"--tls-port={server.tlsPort}",
+            f"--ca-file={caFile}",
+            f"--state-dir={directory / 'state'}",
+            "--exec",
+            # Numbers each run, so that every one has a line of its own.
+            'echo "$YADISKPUSH_REASON $YADISKPUSH_LOGIN" >> "$OUT"; '
+            'echo "run $(wc -l < "$OUT"): $YADISKPUSH_REASON $YADISKPUSH_LOGIN"',
+            "--exec-on-start",
+            "--exec-debounce=0.1",
+        )
+        yield process.whenLine("run 2: start")
+        self.assertEqual(sorted(out.read_text().splitlines()), ["start a", "start b"])
+
+        writeAccounts("a", "c")
+        transport.signalProcess("HUP")
+        yield process.whenLine("run 3: start c")
+        writeAccounts("a", "b", "c")
+        transport.signalProcess("HUP")
+        yield process.whenLine("run 4: start b")
+        yield self.stopCleanly(process, transport)
+        self.assertEqual(len(out.read_text().splitlines()), 4)
