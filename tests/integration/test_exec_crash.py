@@ -131,6 +131,9 @@ class ExecCrashTests(TestCase):
             str(caFile),
             "--exec",
             COMMAND,
+            # The first push's run starts at once, before the others.
+            "--exec-debounce",
+            "0",
             "--state-dir",
             str(self.stateDir),
         ]

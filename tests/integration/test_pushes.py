@@ -382,7 +382,8 @@ class ExecTests(PushTestCase):
             reactor=reactor,
             environ=self.environ,
             log=Logger(observer=cast(ILogObserver, self.recorder)),
-            **kwargs,
+            # Each push runs at once, as these tests expect.
+            **{"debounce": 0, **kwargs},
         )
 
     def openGate(self) -> int:
