@@ -662,6 +662,20 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertNotIn("YADISKPUSH_TOKEN", env)
         self.assertEqual(leftOut, [])
 
+    def test_systemdNotificationSettingsNotInherited(self) -> None:
+        """A command never gets the service's NOTIFY_SOCKET or watchdog
+        settings: what it sent there would speak for the service."""
+        parent = {
+            "HOME": "/home/u",
+            "NOTIFY_SOCKET": "@notify",
+            "WATCHDOG_USEC": "30000000",
+            "WATCHDOG_PID": "1",
+        }
+        env, _ = childEnvironment(lastOf(makeNotification(1)), 1, parent)
+        self.assertEqual(env["HOME"], "/home/u")
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            self.assertNotIn(name, env)
+
     def test_login(self) -> None:
         """YADISKPUSH_LOGIN is the run's account, or by default the login of
         the notification described; a parent's value never gets through."""

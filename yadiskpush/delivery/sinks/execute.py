@@ -37,6 +37,11 @@ TOKEN_VARIABLE = "YADISKPUSH_TOKEN"
 #: only the ones this run sets (and no setting that might hold a secret).
 ENV_PREFIX = "YADISKPUSH_"
 
+#: systemd's notification settings are the service's, not the command's: a
+#: command that notified (``systemd-notify``, any library honouring them)
+#: would speak for the service, as ``sd_notify(3)`` warns.
+SERVICE_ONLY_VARIABLES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+
 # Puts the command in a process group of its own before it becomes /bin/sh,
 # so that a timeout stops the whole tree, not just the shell (a killed shell
 # would leave its children running next to the following run). spawnProcess
@@ -99,10 +104,10 @@ def childEnvironment(
     if given ``env=None``.
 
     It is ``parent`` without any ``YADISKPUSH_*`` variable (so never
-    ``YADISKPUSH_TOKEN``), plus the variables documented on
-    :class:`ExecSink`, which describe ``last``, the newest notification of
-    the run, in its :meth:`~yadiskpush.notification.Notification.toJSON`
-    form.
+    ``YADISKPUSH_TOKEN``) or systemd's notification settings, plus the
+    variables documented on :class:`ExecSink`, which describe ``last``, the
+    newest notification of the run, in its
+    :meth:`~yadiskpush.notification.Notification.toJSON` form.
 
     The server chooses the values, and one over-long value makes every
     ``execve`` fail with E2BIG: a value longer than ``maxValue`` bytes is
@@ -122,7 +127,7 @@ def childEnvironment(
     env = {
         name: value
         for name, value in parent.items()
-        if name != TOKEN_VARIABLE and not name.startswith(ENV_PREFIX)
+        if not name.startswith(ENV_PREFIX) and name not in SERVICE_ONLY_VARIABLES
     }
     if login is None:
         login = str(last.get("login", ""))
