@@ -3,11 +3,14 @@ A throwaway certificate authority, made at run time, for the local server.
 
 The client verifies the server's certificate against the host it dials, so
 the local server needs a certificate that a client can be told to trust (the
-CA's PEM file) and that names the loopback host. Nothing here is stored or
-reused: each :class:`CertificateAuthority` has a fresh key, and its
-certificates are valid for a day. service-identity no longer falls back to
-the certificate's CN, so every name is put in the subjectAltName (DNS names,
-and IP addresses for names that parse as one).
+CA's PEM file) and that names the loopback host. By default nothing is stored
+or reused: each :class:`CertificateAuthority` has a fresh key, and its
+certificates are valid for a day. :func:`loadOrCreate` keeps a CA and a
+server certificate in a directory instead (``--state-dir``), so that a
+client given the CA file once still trusts the server after a restart.
+service-identity no longer falls back to the certificate's CN, so every name
+is put in the subjectAltName (DNS names, and IP addresses for names that
+parse as one).
 
 Tests that need a bad certificate use the same API: a certificate for a
 *wrong* name is ``ca.issueServerCertificate(["wrong.example"])``, one from a
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -32,6 +37,21 @@ from twisted.internet import ssl
 # little; a not-before in the past keeps a fresh certificate valid at once.
 CLOCK_SKEW = datetime.timedelta(hours=1)
 VALIDITY = datetime.timedelta(days=1)
+#: How long a CA and certificate kept in a state directory are valid: a
+#: test server started by hand may run, and be restarted, for weeks.
+KEPT_VALIDITY = datetime.timedelta(days=365)
+#: A kept server certificate this close to its end is issued again.
+RENEW_BEFORE = datetime.timedelta(days=1)
+
+#: File names in a state directory.
+CA_FILE = "ca.pem"
+CA_KEY_FILE = "ca-key.pem"
+SERVER_FILE = "server.pem"
+SERVER_KEY_FILE = "server-key.pem"
+
+
+class StateDirError(Exception):
+    """The state directory's CA cannot be used; the message says what to do."""
 
 
 def _now() -> datetime.datetime:
@@ -74,6 +94,36 @@ class ServerCertificate(NamedTuple):
             certificate=x509.load_pem_x509_certificate(self.certPEM),
         )
 
+    def serves(
+        self, names: list[str], ca: CertificateAuthority, at: datetime.datetime
+    ) -> bool:
+        """
+        Whether this certificate names every one of ``names``, was issued by
+        ``ca`` and stays valid for more than :data:`RENEW_BEFORE` after
+        ``at``.
+        """
+        try:
+            certificate = x509.load_pem_x509_certificate(self.certPEM)
+            key = serialization.load_pem_private_key(self.keyPEM, None)
+            san = certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value
+        except (ValueError, x509.ExtensionNotFound):
+            return False
+        if key.public_key() != certificate.public_key():
+            return False
+        try:
+            certificate.verify_directly_issued_by(ca._certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        wanted = set(_subjectAltName(names))
+        if not wanted <= set(san):
+            return False
+        return (
+            certificate.not_valid_before_utc <= at
+            and at + RENEW_BEFORE < certificate.not_valid_after_utc
+        )
+
 
 class CertificateAuthority:
     """
@@ -93,8 +143,12 @@ class CertificateAuthority:
         )
 
     @classmethod
-    def generate(cls, commonName: str = "yadiskpush local CA") -> CertificateAuthority:
-        """Make a new CA with a fresh key, valid for :data:`VALIDITY`."""
+    def generate(
+        cls,
+        commonName: str = "yadiskpush local CA",
+        validity: datetime.timedelta = VALIDITY,
+    ) -> CertificateAuthority:
+        """Make a new CA with a fresh key, valid for ``validity``."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
         now = _now()
@@ -106,7 +160,7 @@ class CertificateAuthority:
             .public_key(publicKey)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
             .add_extension(
                 x509.KeyUsage(
@@ -186,3 +240,137 @@ class CertificateAuthority:
         target = Path(path)
         target.write_bytes(self.caCertificatePEM)
         return target
+
+    @property
+    def keyPEM(self) -> bytes:
+        """The CA's private key, PEM (PKCS#8, unencrypted)."""
+        return _keyPEM(self._key)
+
+    @property
+    def notValidAfter(self) -> datetime.datetime:
+        """When the CA certificate expires (UTC)."""
+        return self._certificate.not_valid_after_utc
+
+    @classmethod
+    def fromPEM(cls, certificatePEM: bytes, keyPEM: bytes) -> CertificateAuthority:
+        """
+        A CA from its certificate and key, both PEM.
+
+        :raises ValueError: if either does not parse, or they do not match.
+        """
+        certificate = x509.load_pem_x509_certificate(certificatePEM)
+        key = serialization.load_pem_private_key(keyPEM, None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the CA key is not an elliptic-curve key")
+        if key.public_key() != certificate.public_key():
+            raise ValueError("the CA key does not match the CA certificate")
+        return cls(key, certificate)
+
+
+def _writePrivate(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically, created with ``mode``."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+class KeptAuthority(NamedTuple):
+    """What :func:`loadOrCreate` found or made in a state directory."""
+
+    ca: CertificateAuthority
+    certificate: ServerCertificate
+    #: ``"created"`` (a new CA), ``"reused"`` or ``"reissued"`` (same CA, a
+    #: new server certificate).
+    how: str
+
+
+def loadOrCreate(
+    directory: str | Path, names: list[str], at: datetime.datetime | None = None
+) -> KeptAuthority:
+    """
+    The CA and server certificate kept in ``directory``, made there if
+    missing: ``ca.pem``, ``ca-key.pem``, ``server.pem`` and
+    ``server-key.pem``. The directory is created with mode 0700 and the keys
+    with mode 0600. A kept server certificate that does not name all of
+    ``names``, was not issued by the kept CA or is about to expire is issued
+    again by the same CA, so clients that trust ``ca.pem`` keep trusting the
+    server.
+
+    :raises StateDirError: if the directory or its files cannot be used: a
+        CA certificate without its key, a damaged file, an expired CA. The
+        message names the file and what to do.
+    """
+    now = at or _now()
+    root = Path(directory)
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StateDirError(f"cannot create {root}: {e.strerror or e}") from None
+    if not root.is_dir():
+        raise StateDirError(f"{root} is not a directory")
+    if root.stat().st_mode & 0o077:
+        raise StateDirError(
+            f"{root} may be read by others and will hold the CA's private key: "
+            f"chmod 700 {root}"
+        )
+    caPath, caKeyPath = root / CA_FILE, root / CA_KEY_FILE
+    serverPath, serverKeyPath = root / SERVER_FILE, root / SERVER_KEY_FILE
+    try:
+        if not caPath.exists() and not caKeyPath.exists():
+            ca = CertificateAuthority.generate(validity=KEPT_VALIDITY)
+            _writePrivate(caKeyPath, ca.keyPEM, 0o600)
+            _writePrivate(caPath, ca.caCertificatePEM, 0o644)
+            how = "created"
+        else:
+            ca = _loadAuthority(caPath, caKeyPath, now)
+            how = "reused"
+        certificate: ServerCertificate | None = None
+        if how == "reused" and serverPath.exists() and serverKeyPath.exists():
+            kept = ServerCertificate(
+                serverPath.read_bytes(), serverKeyPath.read_bytes()
+            )
+            if kept.serves(names, ca, now):
+                certificate = kept
+        if certificate is None:
+            # Not past the CA's own end: a client would refuse the chain.
+            lifetime = min(KEPT_VALIDITY, ca.notValidAfter - now)
+            certificate = ca.issueServerCertificate(names, notValidAfter=now + lifetime)
+            _writePrivate(serverKeyPath, certificate.keyPEM, 0o600)
+            _writePrivate(serverPath, certificate.certPEM, 0o644)
+            if how == "reused":
+                how = "reissued"
+    except OSError as e:
+        raise StateDirError(
+            f"cannot use {e.filename or root}: {e.strerror or e}"
+        ) from None
+    return KeptAuthority(ca, certificate, how)
+
+
+def _loadAuthority(
+    caPath: Path, caKeyPath: Path, now: datetime.datetime
+) -> CertificateAuthority:
+    for present, missing in ((caPath, caKeyPath), (caKeyPath, caPath)):
+        if not missing.exists():
+            raise StateDirError(
+                f"{present} is there but {missing} is not: restore it, or remove "
+                f"{present} to make a new CA (clients then need the new {CA_FILE})"
+            )
+    try:
+        ca = CertificateAuthority.fromPEM(caPath.read_bytes(), caKeyPath.read_bytes())
+    except ValueError as e:
+        raise StateDirError(
+            f"{caPath} and {caKeyPath} are not a usable CA ({e}): remove both to "
+            f"make a new CA (clients then need the new {CA_FILE})"
+        ) from None
+    if ca.notValidAfter <= now + RENEW_BEFORE:
+        raise StateDirError(
+            f"the CA in {caPath} expires on {ca.notValidAfter:%Y-%m-%d}: remove "
+            f"{caPath} and {caKeyPath} to make a new one (clients then need the "
+            f"new {CA_FILE})"
+        )
+    return ca

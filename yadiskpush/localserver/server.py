@@ -79,7 +79,8 @@ class SentPush:
     """
     One push the server sent.
 
-    :ivar id: the IQ id (``push-N``, unique on the server).
+    :ivar id: the IQ id (``push-N`` with the server's
+        :attr:`~LocalServer.pushIdPrefix`, unique on the server).
     :ivar login: the account.
     :ivar jid: the full JID it went to.
     :ivar session: the connection number.
@@ -180,6 +181,7 @@ class LocalServer:
         logLevel: LogLevel = LogLevel.warn,
         window: int = DEFAULT_WINDOW,
         redeliverDelay: float = DEFAULT_REDELIVER_DELAY,
+        pushIdPrefix: str = "push-",
     ) -> None:
         """
         :param hostNames: names for the certificate's subjectAltName;
@@ -195,6 +197,9 @@ class LocalServer:
         :param redeliverDelay: for pushes from :meth:`enqueue`, seconds (on
             ``clock``) before one refused with an ``error`` is sent again on
             the same session.
+        :param pushIdPrefix: push ids are this and a count from 1; a server
+            that is restarted while clients stay up gives each start its own
+            prefix, so that a client deduplicating by id drops nothing.
         """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -229,6 +234,7 @@ class LocalServer:
         self._handshaking: set[int] = set()
         self.mostHandshakesInFlight = 0
         self._pushCount = 0
+        self.pushIdPrefix = pushIdPrefix
         self._listeningPorts: list[IListeningPort] = []
         self.redelivery = RedeliveringPushQueue(self, window, redeliverDelay)
 
@@ -293,6 +299,68 @@ class LocalServer:
         self.redelivery.stop()
         self.events.record("stopped")
         return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    def shutdown(
+        self, timeout: float = 2.0, condition: str = "system-shutdown"
+    ) -> defer.Deferred[None]:
+        """
+        Stop as a real server does: end every live stream with a
+        ``<stream:error/>`` of ``condition`` and ``</stream:stream>``, give
+        the clients ``timeout`` seconds (on :attr:`clock`) to close their
+        side, then :meth:`stop`. A client sees a clean close and reconnects.
+        """
+        self.events.record("shutdown", condition=condition)
+        for session in self.sessions:
+            if session.closed or session.closing:
+                continue
+            if session.serverClosed:
+                session.drop()
+            else:
+                session.sendStreamError(condition)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def finish(_: object = None) -> None:
+            if not done.called:
+                done.callback(None)
+
+        timer = self.clock.callLater(timeout, finish)
+        defer.gatherResults(
+            [s.whenClosed() for s in self.sessions if not s.closed]
+        ).addCallback(finish)
+        done.addCallback(lambda _: timer.cancel() if timer.active() else None)
+        return done.addCallback(lambda _: self.stop())
+
+    def liveSessions(self, login: str | None = None) -> list[ServerSession]:
+        """Connections not closed yet (of ``login``, if given), open or not."""
+        return [
+            s
+            for s in self.sessions
+            if not s.closed and (login is None or s.login == login)
+        ]
+
+    def drop(self, login: str | None = None) -> list[ServerSession]:
+        """
+        Reset the connection of every live session (of ``login``), without
+        ``</stream:stream>``: a network failure, for testing reconnects.
+
+        :returns: the sessions dropped.
+        """
+        sessions = self.liveSessions(login)
+        for session in sessions:
+            session.abort()
+        return sessions
+
+    def close(self, login: str | None = None) -> list[ServerSession]:
+        """
+        Close every live stream (of ``login``) cleanly with
+        ``</stream:stream>``; each ends when its client answers in kind.
+
+        :returns: the sessions closed.
+        """
+        sessions = [s for s in self.liveSessions(login) if not s.serverClosed]
+        for session in sessions:
+            session.close()
+        return sessions
 
     def writeCACertificate(self, path: str | Path) -> Path:
         """Write the CA certificate (PEM) for the client's ``--ca-file``."""
@@ -457,7 +525,7 @@ class LocalServer:
 
     def _nextPushId(self) -> str:
         self._pushCount += 1
-        return f"push-{self._pushCount}"
+        return f"{self.pushIdPrefix}{self._pushCount}"
 
     def _pushSent(self, session: ServerSession, requestId: str, xml: str) -> None:
         assert session.login is not None and session.jid is not None

@@ -271,7 +271,9 @@ class ServerSession(xmlstream.ListenAuthenticator):
         self._record("client-closed")
         if self.stalled:
             return
-        self.xmlstream.sendFooter()
+        if not self.serverClosed:
+            # After our own close (:meth:`close`) the stream is ended once.
+            self.xmlstream.sendFooter()
         self.xmlstream.transport.loseConnection()
 
     def dataAfterClose(self, detail: str) -> None:
