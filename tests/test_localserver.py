@@ -25,6 +25,7 @@ from service_identity.cryptography import (
 from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
@@ -38,7 +39,12 @@ from yadiskpush.localserver import (
     NoOpenSession,
     ServerSession,
 )
-from yadiskpush.localserver.__main__ import CommandProtocol, parseArguments
+from yadiskpush.localserver.__main__ import (
+    CommandProtocol,
+    keptPorts,
+    parseArguments,
+)
+from yadiskpush.localserver.ca import StateDirError, loadOrCreate
 from yadiskpush.localserver.hostile import (
     GARBAGE,
     doctypeWithEntities,
@@ -834,3 +840,220 @@ class HostileBytesTests(SynchronousTestCase):
         """The bare header helper is accepted, so faults built on it are precise."""
         xs = self.feed(streamHeader())
         self.assertIsNone(xs.violation)
+
+
+class StubbornSession:
+    """A session whose client never closes: it ends only when aborted."""
+
+    closing = serverClosed = False
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.calls: list[str] = []
+        self._closed: defer.Deferred[Any] = defer.Deferred()
+
+    def sendStreamError(self, condition: str) -> None:
+        self.calls.append(condition)
+
+    def whenClosed(self) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._closed.addCallback(lambda s: d.callback(s) or s)
+        return d
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+        self.closed = True
+        self._closed.callback(self)
+
+
+class ShutdownTests(ServerTestCase):
+    """shutdown(), drop() and close(): how the server ends streams."""
+
+    @defer.inlineCallbacks
+    def test_shutdownSendsSystemShutdown(self) -> Steps:
+        """Every stream gets <stream:error><system-shutdown/> and the closing
+        tag before the connection ends; the listeners are gone after."""
+        yield self.startServer()
+        client = yield self.connect(tls=True)
+        session = yield self.openSession(client)
+        yield client.next()  # the version query
+        yield self.server.shutdown()
+        self.assertTrue(session.closed)
+        error = yield client.next()
+        self.assertEqual(error.name, "error")
+        self.assertEqual(error.firstChildElement().name, "system-shutdown")
+        yield client.closed
+        self.assertTrue(client.ended)
+        self.assertEqual(self.server._listeningPorts, [])
+
+    def test_shutdownWaitsBoundedly(self) -> None:
+        """A client that never closes its side is cut off after the timeout
+        (on the server's clock), not before."""
+        clock = task.Clock()
+        server = LocalServer({LOGIN: TOKEN}, clock=clock)
+        stubborn = StubbornSession()
+        server.sessions.append(stubborn)  # type: ignore[arg-type]
+        stopping = server.shutdown(timeout=5.0)
+        self.assertEqual(stubborn.calls, ["system-shutdown"])
+        clock.advance(4.9)
+        self.assertNoResult(stopping)
+        clock.advance(0.1)
+        self.successResultOf(stopping)
+        self.assertEqual(stubborn.calls, ["system-shutdown", "abort"])
+
+    @defer.inlineCallbacks
+    def test_dropResetsWithoutClosingTag(self) -> Steps:
+        """drop(login) resets that login's connections, no closing tag."""
+        yield self.startServer(accounts={LOGIN: TOKEN, "other": "x"})
+        client = yield self.connect(tls=True)
+        session = yield self.openSession(client)
+        self.assertEqual(self.server.drop("other"), [])
+        self.assertEqual(self.server.drop(LOGIN), [session])
+        yield client.closed
+        self.assertFalse(client.ended)
+        self.assertNotIn(b"</stream:stream>", client.raw)
+
+    @defer.inlineCallbacks
+    def test_closeIsCleanAndEndsOnce(self) -> Steps:
+        """close() sends </stream:stream>; the client's answer ends the
+        connection, and the server's closing tag is sent only once."""
+        yield self.startServer()
+        client = yield self.connect(tls=True)
+        session = yield self.openSession(client)
+        self.assertEqual(self.server.close(), [session])
+        self.assertEqual(self.server.close(), [])
+        client.send("</stream:stream>")
+        yield client.closed
+        self.assertTrue(session.clientClosed)
+        self.assertTrue(client.ended)
+        self.assertEqual(client.raw.count(b"</stream:stream>"), 1)
+
+
+class KeptAuthorityTests(SynchronousTestCase):
+    """ca.loadOrCreate: the CA and certificate kept in a state directory."""
+
+    NAMES = ["localhost", "127.0.0.1"]
+
+    def setUp(self) -> None:
+        self.directory = FilePath(self.mktemp())
+
+    def load(self, names: list[str] | None = None, at: Any = None) -> Any:
+        return loadOrCreate(self.directory.path, names or self.NAMES, at)
+
+    def test_createdPrivate(self) -> None:
+        """A new directory is 0700; the keys are 0600; the CA is usable."""
+        kept = self.load()
+        self.assertEqual(kept.how, "created")
+        self.assertEqual(self.directory.getPermissions().shorthand(), "rwx------")
+        for name in ("ca-key.pem", "server-key.pem"):
+            mode = self.directory.child(name).getPermissions().shorthand()
+            self.assertEqual(mode, "rw-------", name)
+        self.assertEqual(
+            self.directory.child("ca.pem").getContent(), kept.ca.caCertificatePEM
+        )
+        certificate = x509.load_pem_x509_certificate(kept.certificate.certPEM)
+        verify_certificate_hostname(certificate, "localhost")
+
+    def test_reused(self) -> None:
+        """A second load gives the same CA and certificate."""
+        first = self.load()
+        second = self.load()
+        self.assertEqual(second.how, "reused")
+        self.assertEqual(second.ca.caCertificatePEM, first.ca.caCertificatePEM)
+        self.assertEqual(second.certificate, first.certificate)
+
+    def test_reissuedForOtherNames(self) -> None:
+        """A certificate lacking a needed name is issued again by the same CA."""
+        first = self.load()
+        second = self.load(["localhost", "127.0.0.2"])
+        self.assertEqual(second.how, "reissued")
+        self.assertEqual(second.ca.caCertificatePEM, first.ca.caCertificatePEM)
+        certificate = x509.load_pem_x509_certificate(second.certificate.certPEM)
+        verify_certificate_ip_address(certificate, "127.0.0.2")
+        self.assertEqual(self.load(["localhost", "127.0.0.2"]).how, "reused")
+
+    def test_reissuedNearItsEnd(self) -> None:
+        """A certificate about to expire is issued again."""
+        self.load()
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=364)
+        self.assertEqual(self.load(at=later).how, "reissued")
+
+    def test_expiredCARefused(self) -> None:
+        """An expired CA is one sentence saying what to remove."""
+        self.load()
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3650)
+        with self.assertRaises(StateDirError) as caught:
+            self.load(at=later)
+        self.assertIn("remove", str(caught.exception))
+        self.assertIn("ca-key.pem", str(caught.exception))
+
+    def test_missingKeyRefused(self) -> None:
+        self.load()
+        self.directory.child("ca-key.pem").remove()
+        with self.assertRaises(StateDirError) as caught:
+            self.load()
+        self.assertIn("ca-key.pem is not", str(caught.exception))
+
+    def test_damagedCARefused(self) -> None:
+        self.load()
+        self.directory.child("ca.pem").setContent(b"junk\n")
+        with self.assertRaises(StateDirError) as caught:
+            self.load()
+        self.assertIn("not a usable CA", str(caught.exception))
+
+    def test_openDirectoryRefused(self) -> None:
+        """A directory others may read is refused: it holds the CA key."""
+        self.directory.makedirs()
+        self.directory.chmod(0o755)
+        with self.assertRaises(StateDirError) as caught:
+            self.load()
+        self.assertIn("chmod 700", str(caught.exception))
+
+
+class CommandTests(SynchronousTestCase):
+    """The drop and close commands, and the push id prefix."""
+
+    def commands(self, server: LocalServer) -> tuple[CommandProtocol, Any]:
+        transport = StringTransport()
+        commands = CommandProtocol(server, defer.Deferred())
+        commands.makeConnection(transport)
+        transport.clear()
+        return commands, transport
+
+    def test_dropAndCloseWithoutSessions(self) -> None:
+        server = LocalServer({LOGIN: TOKEN}, ca=CertificateAuthority.generate())
+        commands, transport = self.commands(server)
+        commands.dataReceived(b"drop\nclose test\n")
+        self.assertEqual(transport.value(), b"drop: no session\nclose: no session\n")
+
+    def test_usageNamesEveryCommand(self) -> None:
+        server = LocalServer({LOGIN: TOKEN}, ca=CertificateAuthority.generate())
+        commands, transport = self.commands(server)
+        commands.dataReceived(b"help\n")
+        for name in ("push", "enqueue", "unacked", "sessions", "drop", "close"):
+            self.assertIn(name.encode(), transport.value())
+
+    def test_pushIdPrefix(self) -> None:
+        """Push ids are the prefix and a count."""
+        server = LocalServer(
+            {LOGIN: TOKEN}, ca=CertificateAuthority.generate(), pushIdPrefix="push-7-"
+        )
+        self.assertEqual(
+            [server._nextPushId(), server._nextPushId()], ["push-7-1", "push-7-2"]
+        )
+
+    def test_stateDirArgument(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("a:1\n")
+        args = parseArguments(["--accounts-file", path, "--state-dir", "d"])
+        self.assertEqual(args.state_dir, "d")
+        with self.assertRaises(SystemExit):
+            parseArguments(["--accounts-file", path, "--tls-port", "70000"])
+
+    def test_keptPortsBelowTheEphemeralRange(self) -> None:
+        """Kept ports are free ports below the kernel's ephemeral range."""
+        ports = keptPorts("127.0.0.1")
+        self.assertEqual(len(set(ports)), 2)
+        for port in ports:
+            self.assertTrue(20000 <= port < 32768 or port == 0, port)

@@ -38,7 +38,10 @@ from twisted.internet import ssl
 CLOCK_SKEW = datetime.timedelta(hours=1)
 VALIDITY = datetime.timedelta(days=1)
 #: How long a CA and certificate kept in a state directory are valid: a
-#: test server started by hand may run, and be restarted, for weeks.
+#: test server started by hand may run, and be restarted, for weeks. The CA
+#: outlives its certificates, so that one is issued again, by the same CA,
+#: long before the clients' trust root runs out.
+KEPT_CA_VALIDITY = datetime.timedelta(days=3650)
 KEPT_VALIDITY = datetime.timedelta(days=365)
 #: A kept server certificate this close to its end is issued again.
 RENEW_BEFORE = datetime.timedelta(days=1)
@@ -322,7 +325,7 @@ def loadOrCreate(
     serverPath, serverKeyPath = root / SERVER_FILE, root / SERVER_KEY_FILE
     try:
         if not caPath.exists() and not caKeyPath.exists():
-            ca = CertificateAuthority.generate(validity=KEPT_VALIDITY)
+            ca = CertificateAuthority.generate(validity=KEPT_CA_VALIDITY)
             _writePrivate(caKeyPath, ca.keyPEM, 0o600)
             _writePrivate(caPath, ca.caCertificatePEM, 0o644)
             how = "created"
