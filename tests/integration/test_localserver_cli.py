@@ -8,10 +8,12 @@ connection failed), never on time; the class timeout bounds them all.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import SkipTest
 
 from twisted.internet import defer, reactor
 
@@ -87,10 +89,16 @@ class LocalServerCommandLineTests(LocalServerTestCase):
         yield server.readBanner()
         return server
 
-    def clientFor(self, server: RunningServer, caFile: str) -> Any:
+    def clientFor(
+        self,
+        server: RunningServer,
+        caFile: str,
+        login: str = LOGIN,
+        token: str | None = None,
+    ) -> Any:
         settings = Settings(
-            login=LOGIN,
-            token=Secret(self.token),
+            login=login,
+            token=Secret(token or self.token),
             host="localhost",
             port=server.starttlsPort,
             tlsPort=server.tlsPort,
@@ -104,13 +112,16 @@ class LocalServerCommandLineTests(LocalServerTestCase):
 
     @defer.inlineCallbacks
     def pushAndReceive(
-        self, server: RunningServer, received: list[Notification]
+        self,
+        server: RunningServer,
+        received: list[Notification],
+        command: str = "push new=1",
     ) -> Steps:
         """One push through the command line, acked by the client."""
         before = len(received)
         server.pushes += 1
         pushId = server.pushIds[:-1] + str(server.pushes)
-        server.command("push new=1")
+        server.command(command)
         yield server.process.whenLine(f"{pushId}: result")
         self.assertEqual(len(received), before + 1)
         self.assertEqual(received[-1].stanzaId, pushId)
@@ -229,3 +240,80 @@ class LocalServerCommandLineTests(LocalServerTestCase):
         [line] = [x for x in server.process.lines if "--state-dir" in x]
         self.assertIn("ca-key.pem is not", line)
         self.assertIn("remove", line)
+
+    @defer.inlineCallbacks
+    def test_pushWithChanges(self) -> Steps:
+        """push with TYPE:PATH words sends a <diff> the client reads as
+        changes; sample sends realistic ones."""
+        server = yield self.startServer()
+        service, received = self.clientFor(server, server.caFile)
+        yield service.whenReady()
+        yield self.pushAndReceive(
+            server,
+            received,
+            "push new:/Docs/a.txt deleted:/Old/ 'moved:/x y.txt->/z.txt'",
+        )
+        changes = received[-1].changes
+        self.assertEqual(
+            [(c.type, c.path, c.fromPath) for c in changes],
+            [
+                ("new", "/Docs/a.txt", None),
+                ("deleted", "/Old", None),
+                ("moved", "/z.txt", "/x y.txt"),
+            ],
+        )
+        self.assertEqual(
+            (received[-1].attributes["old"], received[-1].attributes["new"]),
+            ("0", "1"),
+        )
+        yield self.pushAndReceive(server, received, "sample")
+        self.assertTrue(received[-1].changes)
+        self.assertEqual(received[-1].attributes["new"], "2")
+        server.command("push nothing:")
+        yield server.process.whenLine("error: 'nothing:' is not a change")
+        server.command("quit")
+        yield server.process.ended
+
+    @defer.inlineCallbacks
+    def test_oauthStandIn(self) -> Steps:
+        """--oauth-port: yadiskpush token gets a token through the stand-in
+        (the code approved with the approve command), and a client with it
+        is accepted by the XMPP server."""
+        script = Path(sys.executable).parent / "yadiskpush"
+        if not script.exists():
+            raise SkipTest(f"no yadiskpush script next to {sys.executable}")
+        server = yield self.startServer("--oauth-port", "0")
+        url = server.process.lineWith("OAuth and Disk API URL: ")
+        client = server.process.lineWith("OAuth client: ")
+        assert url is not None and client is not None, server.process.text()
+        url = url.split(": ", 1)[1]
+        clientId, secretFile = client.split(": ", 1)[1].split(", secret in ")
+        self.assertEqual(os.stat(secretFile).st_mode & 0o777, 0o600)
+        out = os.path.join(self.directory, "token.json")
+        token = TwistdProcess()
+        argv = [str(script), "token", "--client-id", clientId]
+        argv += ["--client-secret-file", secretFile, "--out", out]
+        argv += ["--oauth-url", url, "--api-url", url, "--ca-file", server.caFile]
+        transport = reactor.spawnProcess(
+            token, str(script), argv, env=self.environment, path=self.directory
+        )
+        self.addCleanup(reapChild, token, transport)
+        line = yield token.whenLine("enter the code: ")
+        code = line.rsplit(" ", 1)[1]
+        server.command("codes")
+        yield server.process.whenLine(code)
+        server.command(f"approve {code} alice")
+        yield server.process.whenLine(f"approved {code}")
+        yield token.ended
+        self.assertEqual(token.exitCode, 0, token.text())
+        with open(out, encoding="utf-8") as f:
+            saved = json.load(f)
+        self.assertEqual(saved["login"], "alice")
+        service, _received = self.clientFor(
+            server, server.caFile, login="alice", token=saved["access_token"]
+        )
+        yield service.whenReady()
+        server.command("deny NOSUCH")
+        yield server.process.whenLine("error: no code 'NOSUCH'")
+        server.command("quit")
+        yield server.process.ended

@@ -4,15 +4,28 @@ Run the local push server by hand: ``python -m yadiskpush.localserver``.
 It prints its two ports and the path of the CA certificate to give the
 client (``--ca-file``), then reads commands from stdin, one per line::
 
-    push [LOGIN] key=value ...     push one Disk notification (and wait for the ack)
-    enqueue [LOGIN] key=value ...  push it at least once: re-sent until acked,
+    push [LOGIN] [key=value ...] [TYPE:PATH ...]
+                                   push one Disk notification (and wait for
+                                   the ack); each TYPE:PATH is a change in its
+                                   <diff> (new:/a.txt, deleted:/Old/,
+                                   moved:/a.txt->/b.txt)
+    enqueue [LOGIN] [key=value ...] [TYPE:PATH ...]
+                                   push it at least once: re-sent until acked,
                                    on the next session if need be
+    sample [LOGIN]                 push the next of a few realistic changes
     unacked [LOGIN]                list enqueued pushes not acked yet
     sessions                       list open sessions
     drop [LOGIN]                   reset the connections (of LOGIN), no closing
                                    tag: the client sees a network failure
     close [LOGIN]                  close the streams (of LOGIN) cleanly
+    codes                          list device codes waiting (--oauth-port)
+    approve CODE LOGIN             allow a device code for LOGIN (--oauth-port)
+    deny CODE                      refuse a device code (--oauth-port)
     quit                           stop (end of input does too)
+
+With ``--oauth-port`` the server also plays Yandex OAuth and the Disk API
+(:mod:`yadiskpush.localserver.oauth`) over TLS with the same certificate, so
+that ``yadiskpush token`` gets a token this server accepts.
 
 With ``--state-dir DIR`` the CA and the server certificate (``DIR/ca.pem``,
 ``DIR/server.pem`` and their keys, mode 0600) and the two ports are kept
@@ -45,6 +58,13 @@ from twisted.logger import LogLevel, globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineReceiver
 
 from yadiskpush.localserver.ca import CA_FILE, StateDirError, loadOrCreate
+from yadiskpush.localserver.diffs import (
+    diffAttributes,
+    diffXml,
+    parseChange,
+    samplePushes,
+)
+from yadiskpush.localserver.oauth import OAuthStandIn, listenOAuth
 from yadiskpush.localserver.redelivery import (
     DEFAULT_REDELIVER_DELAY,
     DEFAULT_WINDOW,
@@ -52,9 +72,16 @@ from yadiskpush.localserver.redelivery import (
 from yadiskpush.localserver.server import LocalServer
 
 USAGE = (
-    "commands: push [LOGIN] key=value ... | enqueue [LOGIN] key=value ... | "
-    "unacked [LOGIN] | sessions | drop [LOGIN] | close [LOGIN] | quit"
+    "commands: push [LOGIN] [key=value ...] [TYPE:PATH ...] | enqueue [LOGIN] "
+    "[key=value ...] [TYPE:PATH ...] | sample [LOGIN] | unacked [LOGIN] | "
+    "sessions | drop [LOGIN] | close [LOGIN] | codes | approve CODE LOGIN | "
+    "deny CODE | quit"
 )
+
+#: The OAuth stand-in's application id, unless --oauth-client-id says.
+DEFAULT_OAUTH_CLIENT_ID = "yadiskpush-local"
+#: Where a state directory keeps the stand-in's client secret.
+OAUTH_SECRET_FILE = "oauth-client-secret"
 
 #: What a state directory keeps besides the certificates: the ports and the
 #: number of starts (the push ids' prefix).
@@ -188,6 +215,22 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--oauth-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve a stand-in for Yandex OAuth and the Disk API here, over "
+        "TLS with the same certificate (0: a port the kernel picks; default: "
+        "none); its URL and client id are printed, the client secret written "
+        "to a file (mode 0600)",
+    )
+    parser.add_argument(
+        "--oauth-client-id",
+        default=DEFAULT_OAUTH_CLIENT_ID,
+        metavar="ID",
+        help="the application id the OAuth stand-in knows (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-commands",
         action="store_true",
         help="read no commands: run until SIGTERM or SIGINT, whatever stdin is",
@@ -213,7 +256,7 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--window must be at least 1")
     if args.redeliver_delay < 0:
         parser.error("--redeliver-delay must not be negative")
-    for option in ("starttls_port", "tls_port"):
+    for option in ("starttls_port", "tls_port", "oauth_port"):
         port = getattr(args, option)
         if port is not None and not 0 <= port <= 65535:
             parser.error(f"--{option.replace('_', '-')} must be 0 to 65535")
@@ -267,9 +310,18 @@ class CommandProtocol(LineReceiver):
 
     delimiter = b"\n"
 
-    def __init__(self, server: LocalServer, done: defer.Deferred[None]) -> None:
+    def __init__(
+        self,
+        server: LocalServer,
+        done: defer.Deferred[None],
+        oauth: OAuthStandIn | None = None,
+    ) -> None:
         self.server = server
         self.done = done
+        self.oauth = oauth
+        #: The revision of the last push with changes (its ``new``).
+        self.revision = 0
+        self._samples = 0
 
     def connectionMade(self) -> None:
         self.say(USAGE)
@@ -286,11 +338,21 @@ class CommandProtocol(LineReceiver):
         if not words:
             return
         command, arguments = words[0], words[1:]
-        if command == "push":
-            self.push(arguments)
-        elif command == "enqueue":
-            login, attributes = self.pushArguments(arguments)
-            self.say(f"{self.server.enqueue(login, attributes)}: queued")
+        if command in ("push", "enqueue", "sample"):
+            try:
+                login, attributes, childrenXml = (
+                    self.sampleArguments(arguments)
+                    if command == "sample"
+                    else self.pushArguments(arguments)
+                )
+            except ValueError as e:
+                self.say(f"error: {e}")
+                return
+            if command == "enqueue":
+                pushId = self.server.enqueue(login, attributes, childrenXml)
+                self.say(f"{pushId}: queued")
+            else:
+                self.push(login, attributes, childrenXml)
         elif command == "unacked":
             login = arguments[0] if arguments else next(iter(self.server.accounts))
             self.say(" ".join(self.server.unacked(login)) or "none")
@@ -303,27 +365,99 @@ class CommandProtocol(LineReceiver):
             sessions = act(login)
             names = " ".join(f"#{s.number}" for s in sessions) or "no session"
             self.say(f"{command}: {names}")
+        elif command in ("codes", "approve", "deny"):
+            self.oauthCommand(command, arguments)
         elif command == "quit":
             self.transport.loseConnection()
         else:
             self.say(USAGE)
 
-    def pushArguments(self, arguments: list[str]) -> tuple[str, dict[str, str]]:
-        """``[LOGIN] key=value ...``: the login (the first account by default)."""
-        login = next(iter(self.server.accounts))
-        if arguments and "=" not in arguments[0]:
-            login, arguments = arguments[0], arguments[1:]
-        return login, dict(a.partition("=")[::2] for a in arguments)
+    def oauthCommand(self, command: str, arguments: list[str]) -> None:
+        """``codes``, ``approve CODE LOGIN``, ``deny CODE``."""
+        if self.oauth is None:
+            self.say(f"error: {command} needs the OAuth stand-in (--oauth-port)")
+            return
+        if command == "codes":
+            self.say(" ".join(self.oauth.pendingUserCodes()) or "none")
+            return
+        wanted = 2 if command == "approve" else 1
+        if len(arguments) != wanted:
+            self.say("error: approve CODE LOGIN" if wanted == 2 else "error: deny CODE")
+            return
+        try:
+            if command == "approve":
+                self.oauth.approve(arguments[0], arguments[1])
+            else:
+                self.oauth.deny(arguments[0])
+        except ValueError as e:
+            self.say(f"error: {e}")
+            return
+        self.say(f"{command}d {arguments[0]}")
 
-    def push(self, arguments: list[str]) -> None:
-        login, attributes = self.pushArguments(arguments)
-        d = self.server.push(login, attributes)
+    def pushArguments(self, arguments: list[str]) -> tuple[str, dict[str, str], str]:
+        """
+        ``[LOGIN] [key=value ...] [TYPE:PATH ...]``: the login (the first
+        account by default), the payload's attributes and its inner XML.
+        Changes make a ``<diff>`` (see :func:`~yadiskpush.localserver.diffs.
+        parseChange`) and, unless given, the ``old``/``new`` revisions.
+
+        :raises ValueError: for a word that is neither form.
+        """
+        login = next(iter(self.server.accounts))
+        first = arguments[0] if arguments else ""
+        # A login has neither (the accounts file splits LOGIN:TOKEN).
+        if first and "=" not in first and ":" not in first:
+            login, arguments = first, arguments[1:]
+        attributes: dict[str, str] = {}
+        changes = []
+        for word in arguments:
+            key, equals, value = word.partition("=")
+            if equals and ":" not in key:
+                attributes[key] = value
+            else:
+                changes.append(parseChange(word))
+        if not changes:
+            return login, attributes, ""
+        self.revision += 1
+        revisions = diffAttributes(self.revision - 1, self.revision)
+        return login, {**revisions, **attributes}, diffXml(changes)
+
+    def sampleArguments(self, arguments: list[str]) -> tuple[str, dict[str, str], str]:
+        """``[LOGIN]``: the next of :func:`samplePushes`, in turn."""
+        login = arguments[0] if arguments else next(iter(self.server.accounts))
+        samples = samplePushes(self.revision + 1)
+        sample = samples[self._samples % len(samples)]
+        self._samples += 1
+        self.revision += 1
+        return login, sample.attributes, sample.childrenXml
+
+    def push(self, login: str, attributes: dict[str, str], childrenXml: str) -> None:
+        d = self.server.push(login, attributes, childrenXml)
         d.addCallback(lambda iq: self.say(f"{iq['id']}: {iq['type']}"))
         d.addErrback(lambda f: self.say(f"push failed: {f.getErrorMessage()}"))
 
     def connectionLost(self, reason: Any = None) -> None:
         if not self.done.called:
             self.done.callback(None)
+
+
+def oauthSecretFile(stateDir: str | None) -> Path:
+    """
+    The OAuth stand-in's client secret, in a file (mode 0600) for
+    ``yadiskpush token --client-secret-file``: kept in the state directory
+    (the same across restarts), else new in a temporary directory. A secret
+    does not belong on a command line, not even a test one.
+    """
+    if stateDir:
+        path = Path(stateDir) / OAUTH_SECRET_FILE
+        if path.exists():
+            return path
+    else:
+        path = Path(tempfile.mkdtemp(prefix="yadiskpush-")) / OAUTH_SECRET_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_urlsafe(24) + "\n")
+    return path
 
 
 class Exit(Exception):
@@ -412,13 +546,35 @@ def main(reactor: Any, *argv: str) -> Any:
     else:
         caPath = Path(tempfile.mkdtemp(prefix="yadiskpush-")) / "local-ca.pem"
         server.writeCACertificate(caPath)
+    oauth: OAuthStandIn | None = None
+    oauthPort: Any = None
+    if args.oauth_port is not None:
+        secretPath = oauthSecretFile(args.state_dir)
+        secret = secretPath.read_text(encoding="utf-8").strip()
+        oauth = OAuthStandIn(server.accounts, {args.oauth_client_id: secret}, reactor)
+        try:
+            oauthPort = yield listenOAuth(
+                reactor, oauth, server.tlsOptions, args.oauth_port, args.interface
+            )
+        except error.CannotListenError as e:
+            yield server.stop()
+            print(
+                f"python -m yadiskpush.localserver: cannot listen on "
+                f"{e.interface}:{e.port} (--oauth-port): {e.socketError}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1) from None
     stopping: list[defer.Deferred[None]] = []
 
     def shutdown() -> defer.Deferred[None]:
         # Once, whichever comes first: a signal (the reactor's "before
         # shutdown" waits for this) or the end of the commands.
         if not stopping:
-            stopping.append(server.shutdown(SHUTDOWN_TIMEOUT))
+            d = server.shutdown(SHUTDOWN_TIMEOUT)
+            if oauthPort is not None:
+                d.addCallback(lambda _: oauthPort.stopListening())
+            stopping.append(d)
         return stopping[0]
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
@@ -426,10 +582,17 @@ def main(reactor: Any, *argv: str) -> Any:
     print(f"TLS port: {server.tlsPort}", flush=True)
     print(f"CA certificate: {caPath}", flush=True)
     print(f"Push ids: {server.pushIdPrefix}N", flush=True)
+    if oauthPort is not None:
+        url = f"https://localhost:{oauthPort.getHost().port}"
+        print(f"OAuth and Disk API URL: {url}", flush=True)
+        print(
+            f"OAuth client: {args.oauth_client_id}, secret in {secretPath}",
+            flush=True,
+        )
     done: defer.Deferred[None] = defer.Deferred()
     if args.no_commands:
         yield done  # only a signal ends it
-    stdio.StandardIO(CommandProtocol(server, done), reactor=reactor)
+    stdio.StandardIO(CommandProtocol(server, done, oauth), reactor=reactor)
     yield done
     yield shutdown()
 
