@@ -39,6 +39,10 @@ EXAMPLES: dict[Any, tuple[dict[str, Any], list[str]]] = {
         {"0.5": 0.5, "90": 90.0},
         ["0", "-1", "nan", "inf", "soon", ""],
     ),
+    optionsModule._seconds: (
+        {"0": 0.0, "1.5": 1.5},
+        ["-1", "nan", "inf", "later", ""],
+    ),
     optionsModule._positiveInteger: (
         {"1": 1, "50": 50},
         ["0", "-3", "2.5", "many", ""],
