@@ -136,7 +136,12 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         description=(
             "A local stand-in for the Yandex.Disk XMPP push server, on "
             "loopback, with its own CA. Prints its ports and the CA file for "
-            "the client's --ca-file, then reads commands on stdin: " + USAGE
+            "the client's --ca-file, then reads commands on stdin: "
+            + USAGE.removeprefix("commands: ")
+        ),
+        epilog=(
+            "SIGTERM, SIGINT, quit or the end of input end every stream with a "
+            "system-shutdown stream error and </stream:stream>, then stop."
         ),
     )
     # Tokens do not belong on a command line (any user can read it), even
