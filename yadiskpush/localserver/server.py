@@ -20,7 +20,7 @@ Event kinds, in handshake order: ``connected``, ``header``, ``starttls``
 ``unknown-iq``, ``unexpected-answer``, ``ignored``, ``fault``, ``stalled``,
 ``raw-sent``, ``stream-error-sent``, ``stream-error-received``,
 ``violation``, ``client-closed``, ``data-after-close``, ``server-closed``,
-``closed``.
+``closed``; server-wide: ``listening``, ``shutdown``, ``stopped``.
 """
 
 from __future__ import annotations
@@ -156,6 +156,8 @@ class LocalServer:
         of the client's handshake limit reads it).
     :ivar acks: push id -> number of ``result`` answers (an exactly-once
         delivery test asserts ``acks[id] == 1``).
+    :ivar pushIdPrefix: what every push id starts with (``push-`` by
+        default, then a count from 1).
     :ivar redelivery: the at-least-once queues behind :meth:`enqueue`; each
         push's :class:`~yadiskpush.localserver.redelivery.PushRecord` is in
         its ``records``.
