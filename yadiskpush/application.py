@@ -36,6 +36,9 @@ from yadiskpush.systemd import SystemdNotifier
 #: ``EX_CONFIG`` from ``sysexits.h``: the configuration needs a fix.
 EXIT_CONFIG = 78
 
+#: ``EX_SOFTWARE`` from ``sysexits.h``: an internal error, not the user's.
+EXIT_SOFTWARE = 70
+
 
 class ExitStatus:
     """

@@ -27,7 +27,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from yadiskpush.application import PushApplication
+from yadiskpush.application import EXIT_SOFTWARE, ExitStatus, PushApplication
 from yadiskpush.localserver import LocalServer, NoOpenSession
 from yadiskpush.localserver.diffs import samplePushes
 from yadiskpush.secret import Secret
@@ -64,9 +64,11 @@ class DemoService(service.Service):
         self._revision = itertools.count(1)
         self._samples: task.LoopingCall | None = None
         self._previousHandler: Any = None
+        self.exitStatus = ExitStatus()
 
     def startService(self) -> None:
         service.Service.startService(self)
+        self.exitStatus.register()
         d = self.server.start()
         d.addCallback(self._serverListening)
         d.addErrback(self._failed)
@@ -133,7 +135,13 @@ class DemoService(service.Service):
         return d
 
     def _failed(self, reason: Any) -> None:
-        self._log.failure("The demo failed", reason)
+        # Not a configuration mistake (nothing to fix in the options): the
+        # process stops with EX_SOFTWARE rather than sitting there, a demo
+        # that shows nothing.
+        self._log.failure("The demo failed; stopping", reason)
+        self.exitStatus.code = EXIT_SOFTWARE
+        # It may fail while the service starts, before the reactor runs.
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
