@@ -35,6 +35,14 @@ class ReconnectPolicyTests(SynchronousTestCase):
         policy = ReconnectPolicy(initialDelay=1, maxDelay=8, random=lambda: 1.0)
         self.assertEqual([policy.delayAfter(RETRY) for _ in range(5)], [1, 2, 4, 8, 8])
 
+    def test_windowAfterDaysOfFailures(self) -> None:
+        """Thousands of failures in a row (days of outage at the longest
+        delay) keep the window at the longest delay; 2.0 ** 1024 would
+        overflow and end the reconnect loop."""
+        policy = ReconnectPolicy(initialDelay=1, maxDelay=300, random=lambda: 1.0)
+        for failures in (1025, 5000, 10**9):
+            self.assertEqual(policy.window(failures), 300)
+
     def test_fullJitter(self) -> None:
         """The delay is a random point of the whole window, not a fixed value."""
         draws = iter([0.0, 0.5, 0.999])

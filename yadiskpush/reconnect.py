@@ -75,7 +75,10 @@ class ReconnectPolicy:
 
     def window(self, failures: int) -> float:
         """The backoff window after ``failures`` failures in a row."""
-        return min(self.maxDelay, self.initialDelay * 2.0 ** max(0, failures - 1))
+        # The exponent is capped: 2.0 ** 1024 overflows, and a days-long
+        # outage must not end the reconnect loop with an OverflowError.
+        exponent = min(max(0, failures - 1), 64)
+        return min(self.maxDelay, self.initialDelay * 2.0**exponent)
 
     def delayAfter(self, decision: Decision) -> float:
         """The delay before the next attempt, in seconds."""
