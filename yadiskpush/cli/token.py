@@ -80,10 +80,23 @@ def addParser(subcommands: Any) -> None:
         metavar="PATH",
         help="where to write the token file (default: " + defaultTokenPath() + ")",
     )
-    parser.add_argument("--oauth-url", default=DEFAULT_OAUTH_URL, metavar="URL")
-    parser.add_argument("--api-url", default=DEFAULT_API_URL, metavar="URL")
     parser.add_argument(
-        "--ca-file", metavar="PATH", help="trust only the CAs in this PEM file"
+        "--oauth-url",
+        default=DEFAULT_OAUTH_URL,
+        metavar="URL",
+        help="the OAuth server (https; http only to a loopback host; "
+        "default: %(default)s); kept in the token file for refreshing",
+    )
+    parser.add_argument(
+        "--api-url",
+        default=DEFAULT_API_URL,
+        metavar="URL",
+        help="the Disk API, asked for the token's login (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="trust only the CAs in this PEM file (default: the system's)",
     )
     parser.add_argument(
         "--device-name",
@@ -100,9 +113,23 @@ def addParser(subcommands: Any) -> None:
             "token and write it back; the other fields are kept."
         ),
     )
-    refresh.add_argument("--token-file", required=True, metavar="PATH")
-    refresh.add_argument("--ca-file", metavar="PATH")
-    refresh.add_argument("--api-url", default=DEFAULT_API_URL, metavar="URL")
+    refresh.add_argument(
+        "--token-file",
+        required=True,
+        metavar="PATH",
+        help="the JSON token file yadiskpush token wrote; rewritten in place",
+    )
+    refresh.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="trust only the CAs in this PEM file (default: the system's)",
+    )
+    refresh.add_argument(
+        "--api-url",
+        default=DEFAULT_API_URL,
+        metavar="URL",
+        help="the Disk API (default: %(default)s)",
+    )
     refresh.set_defaults(run=refreshToken)
 
 

@@ -226,6 +226,19 @@ class VerifyingPolicy:
 
 
 @implementer(IBodyProducer)
+class _QuietPool(HTTPConnectionPool):
+    """
+    A pool whose connection factory does not log "Starting factory" and
+    "Stopping factory" at info for every request (the daemon refreshes in
+    the background; those lines would be its only noise). ``_factory`` is
+    Twisted's private hook for the factory class: if it goes away, the lines
+    come back and nothing else changes.
+    """
+
+    class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined,misc]
+        noisy = False
+
+
 class _FormBody:
     """
     A small request body written at once: treq's default producer writes
@@ -352,7 +365,7 @@ class OAuthClient:
                 contextFactory=VerifyingPolicy(loadTrustRoot(caFile)),
                 connectTimeout=timeout,
                 # One request now and then: no idle connections to clean up.
-                pool=HTTPConnectionPool(reactor, persistent=False),
+                pool=_QuietPool(reactor, persistent=False),
             )
         self._http = HTTPClient(agent, data_to_body_producer=_FormBody)
 
