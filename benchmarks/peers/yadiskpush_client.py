@@ -19,7 +19,8 @@ Settings adapted to the stand-in server (flood_server.py), nothing else:
 Modes
   flood, handshake  one account: one PushService, its pushes to
                 PushApplication(push, [JSONLinesSink(file)]) -- exactly the wiring of
-                ``twistd yadiskpush --json-out FILE`` (one file per session under
+                ``twistd yadiskpush --json-out FILE --log-level warn`` (at info a
+                log line per push is added; one file per session under
                 $YDP_SINK_DIR: one write(2) of one line per push, done before the push
                 is acknowledged).
   idle          N accounts (logins test0 .. testN-1), one connection each, all in ONE
