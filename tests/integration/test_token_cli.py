@@ -165,6 +165,9 @@ class ConsoleScriptTests(StandInCase):
         }
 
     def spawn(self, *args: str) -> TwistdProcess:
+        return self.spawnWithTransport(*args)[0]
+
+    def spawnWithTransport(self, *args: str) -> tuple[TwistdProcess, Any]:
         process = TwistdProcess()
         transport = reactor.spawnProcess(
             process,
@@ -174,7 +177,7 @@ class ConsoleScriptTests(StandInCase):
             path=self.directory,
         )
         self.addCleanup(reapChild, process, transport)
-        return process
+        return process, transport
 
     @defer.inlineCallbacks
     def test_tokenThenRefresh(self) -> Steps:
@@ -274,6 +277,24 @@ class ConsoleScriptTests(StandInCase):
         self.assertEqual(process.exitCode, 78, process.text())
         self.assertIn("check --client-id and the client secret", process.text())
         self.assertNotIn("wrong", process.text())
+
+    @defer.inlineCallbacks
+    def test_interruptWhileWaiting(self) -> Steps:
+        """Ctrl-C while waiting for the approval exits 130 with one line."""
+        url = yield self.serve(["127.0.0.1"])
+        self.environment["YADISKPUSH_CLIENT_SECRET"] = CLIENT_SECRET
+        out = os.path.join(self.directory, "token.json")
+        process, transport = self.spawnWithTransport(
+            "token", "--client-id", CLIENT_ID, "--oauth-url", url,
+            "--api-url", url, "--ca-file", self.caFile, "--out", out,
+        )  # fmt: skip
+        yield process.whenLine("enter the code: ")
+        transport.signalProcess("INT")
+        yield process.ended
+        self.assertEqual(process.exitCode, 130, process.text())
+        self.assertIn("stopped; no token file was written", process.text())
+        self.assertNotIn("Traceback", process.text())
+        self.assertFalse(os.path.exists(out))
 
     @defer.inlineCallbacks
     def test_plainHTTPToRemoteHostRefused(self) -> Steps:

@@ -203,6 +203,8 @@ async def _guard(parser: argparse.ArgumentParser, work: Any) -> None:
         sys.stderr.write(f"yadiskpush: {e.message}\n")
         raise SystemExit(EX_CONFIG) from None
     except defer.CancelledError:
+        # Ctrl-C (or SIGTERM) while waiting: the shutdown cancelled the work.
+        sys.stderr.write("yadiskpush: stopped; no token file was written\n")
         raise SystemExit(130) from None
 
 
