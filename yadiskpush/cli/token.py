@@ -29,6 +29,7 @@ from yadiskpush.oauth.client import (
     DEFAULT_OAUTH_URL,
     OAuthClient,
     OAuthError,
+    checkURL,
 )
 from yadiskpush.oauth.tokenfile import TokenFile, readTokenFile, writeTokenFile
 from yadiskpush.secret import Secret
@@ -173,10 +174,14 @@ def _readClientSecret(path: str | None) -> Secret:
 
 def _client(reactor: Any, oauthUrl: str, apiUrl: str, caFile: str | None) -> Any:
     try:
-        return OAuthClient(oauthUrl, apiUrl, reactor=reactor, caFile=caFile)
+        checkURL(oauthUrl, "--oauth-url")
+        checkURL(apiUrl, "--api-url")
     except ConfigurationError as e:
-        status = EX_USAGE if "URL" in e.message or "http" in e.message else EX_CONFIG
-        raise _Exit(status, e.message) from None
+        raise _Exit(EX_USAGE, e.message) from None
+    try:
+        return OAuthClient(oauthUrl, apiUrl, reactor=reactor, caFile=caFile)
+    except ConfigurationError as e:  # the CA file
+        raise _Exit(EX_CONFIG, e.message) from None
 
 
 def _oauthExit(error: OAuthError) -> _Exit:
