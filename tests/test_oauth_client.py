@@ -287,3 +287,14 @@ class URLTests(SynchronousTestCase):
         self.assertEqual(cleanServerText("a\x00b\n c"), "a b c")
         self.assertEqual(len(cleanServerText("x " * 500)), 200)
         self.assertEqual(cleanServerText("t: " + "A1" * 15), "t: <redacted>")
+
+
+class DeclaredInterfacesTests(SynchronousTestCase):
+    def test_formBodyIsABodyProducer(self) -> None:
+        """The form body declares and satisfies IBodyProducer."""
+        from twisted.web.iweb import IBodyProducer
+        from zope.interface.verify import verifyObject
+
+        from yadiskpush.oauth.client import _FormBody
+
+        self.assertTrue(verifyObject(IBodyProducer, _FormBody("a=b")))

@@ -225,7 +225,6 @@ class VerifyingPolicy:
         return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trustRoot)
 
 
-@implementer(IBodyProducer)
 class _QuietPool(HTTPConnectionPool):
     """
     A pool whose connection factory does not log "Starting factory" and
@@ -239,6 +238,7 @@ class _QuietPool(HTTPConnectionPool):
         noisy = False
 
 
+@implementer(IBodyProducer)
 class _FormBody:
     """
     A small request body written at once: treq's default producer writes
