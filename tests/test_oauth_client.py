@@ -105,6 +105,31 @@ class DeviceFlowTests(Flow):
         early = self.client.exchangeDeviceCode(code, CLIENT_ID, CLIENT_SECRET)
         self.assertEqual(self.failureCode(early).code, "slow_down")
 
+    def test_temporaryFailureKeepsPolling(self) -> None:
+        """A 5xx while the person enters the code does not waste the code:
+        the next interval asks again, and approval still gives the token."""
+        code = self.deviceCode()
+        self.standIn.failNext("/token", 503, b"<html>busy</html>", "text/html")
+        d = self.client.pollForToken(code, CLIENT_ID, CLIENT_SECRET)
+        self.advance(5)
+        self.assertNoResult(d)
+        self.standIn.approve(code.userCode, "alice")
+        self.advance(5)
+        grant = self.successResultOf(d)
+        self.assertEqual(self.accounts, {"alice": grant.accessToken.reveal()})
+
+    def test_temporaryFailureUntilExpiryReported(self) -> None:
+        """When the server fails until the code runs out, that failure is
+        what the user hears, not "the code expired before it was entered"."""
+        code = self.deviceCode()
+        for _ in range(60):
+            self.standIn.failNext("/token", 502, b"", "text/plain")
+        d = self.client.pollForToken(code, CLIENT_ID, CLIENT_SECRET)
+        self.advance(300)
+        error = self.failureResultOf(d, OAuthError).value
+        self.assertEqual((error.code, error.status), ("http", 502))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_expired(self) -> None:
         """A code nobody enters ends in expired_token with the advice to rerun."""
         code = self.deviceCode()

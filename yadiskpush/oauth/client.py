@@ -621,6 +621,9 @@ class _Poller:
         self._call: IDelayedCall | None = None
         self._inFlight: Deferred[TokenGrant] | None = None
         self._result: Deferred[TokenGrant] = Deferred(self._cancel)
+        #: The last temporary failure (no answer, a 5xx), if the last poll
+        #: had one: reported instead of "expired" if the code runs out.
+        self._lastTemporary: OAuthError | None = None
 
     def start(self) -> Deferred[TokenGrant]:
         self._schedule()
@@ -634,6 +637,11 @@ class _Poller:
 
     def _schedule(self) -> None:
         if self._reactor.seconds() + self._interval > self._deadline:
+            if self._lastTemporary is not None:
+                # The person may have allowed access: what stopped us was
+                # the server, and the user should hear that.
+                self._result.errback(self._lastTemporary)
+                return
             self._result.errback(
                 OAuthError("expired_token", _ERROR_SENTENCES["expired_token"])
             )
@@ -657,6 +665,13 @@ class _Poller:
             return  # cancelled while the request was under way
         if failure.check(OAuthError):
             code = failure.value.code
+            # A network hiccup or a busy server during the minutes a person
+            # takes to enter the code must not waste the code: ask again at
+            # the next interval, until the code expires.
+            self._lastTemporary = failure.value if failure.value.temporary else None
+            if self._lastTemporary is not None:
+                self._schedule()
+                return
             if code == "authorization_pending":
                 self._schedule()
                 return
