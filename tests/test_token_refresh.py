@@ -16,7 +16,8 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from yadiskpush.errors import AuthenticationFailed, YaDiskPushError
+from yadiskpush.errors import AuthenticationFailed, ConfigurationError, YaDiskPushError
+from yadiskpush.oauth import refresh as refreshModule
 from yadiskpush.oauth.refresh import (
     CHECK_INTERVAL,
     REFRESH_MARGIN,
@@ -324,6 +325,49 @@ class RefreshTests(RefresherTestCase):
         self.client.grant()
         self.assertEqual(self.successResultOf(d), Secret("y0_put-there-by-hand"))
         self.assertEqual(self.fileData()["access_token"], "y0_put-there-by-hand")
+
+    def unwritable(self) -> None:
+        """Make every write of the token file fail, as a read-only
+        credential does (permissions do not stop root, who runs CI)."""
+
+        def refuse(path: str, tokenFile: TokenFile) -> None:
+            raise ConfigurationError(f"cannot write the token file {path}: read-only")
+
+        self.patch(refreshModule, "writeTokenFile", refuse)
+
+    def test_unsavedRefreshKeptInMemory(self) -> None:
+        """A refresh the file cannot take is used from memory, with one
+        warning naming the file and the fix; the next refresh sends the
+        refresh token the server gave, not the file's stale one."""
+        self.writeFile()
+        self.unwritable()
+        refresher = self.refresher()
+        d = refresher.refresh()
+        self.client.grant()
+        self.assertEqual(self.successResultOf(d), Secret(NEW_ACCESS))
+        self.assertEqual(self.fileData()["access_token"], OLD_ACCESS)
+        self.assertEqual(refresher.read().accessToken, Secret(NEW_ACCESS))
+        self.assertEqual(refresher.currentToken(Secret(OLD_ACCESS)), Secret(NEW_ACCESS))
+        [warning] = self.logged(LogLevel.warn)
+        self.assertIn("could not save it", warning)
+        self.assertIn(self.path, warning)
+        for secret in (OLD_ACCESS, NEW_ACCESS, OLD_REFRESH, NEW_REFRESH):
+            self.assertNotIn(secret, warning)
+        refresher.refresh()
+        self.assertEqual(self.client.calls[-1][0], Secret(NEW_REFRESH))
+
+    def test_fileReplacedAfterUnsavedRefreshWins(self) -> None:
+        """A token put in the file by hand after an unsaved refresh is used."""
+        self.writeFile()
+        self.unwritable()
+        refresher = self.refresher()
+        refresher.refresh()
+        self.client.grant()
+        self.assertEqual(
+            refresher.currentToken(Secret("y0_put-there-by-hand")),
+            Secret("y0_put-there-by-hand"),
+        )
+        self.assertEqual(refresher.currentToken(Secret(OLD_ACCESS)), Secret(OLD_ACCESS))
 
     def test_rejectedAndNotRefreshedSaysBoth(self) -> None:
         """The give-up error names the rejection, why the refresh failed, and

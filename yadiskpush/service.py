@@ -402,6 +402,9 @@ class PushService(service.Service):
             if warning not in self._tokenWarningsShown:
                 self._tokenWarningsShown.add(warning)
                 self.log.warn("{warning}", warning=warning)
+        if self.tokenRefresher is not None:
+            # A refreshed token the file could not take is kept there.
+            token = self.tokenRefresher.currentToken(token)
         self._token = token
         return token
 

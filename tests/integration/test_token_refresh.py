@@ -258,6 +258,45 @@ class RefreshEndToEndTests(RefreshTestCase):
         self.assertEqual(capture.clientMessages(LogLevel.error), [])
         self.assertNoSecretLogged(capture, oldSecrets + secretsOf(self.path))
 
+    @defer.inlineCallbacks
+    def test_rejectedThenRefreshedIntoAnUnwritableFile(self) -> Steps:
+        """
+        When the token file cannot be written (a read-only credential), the
+        refreshed token is used from memory: the session after the rejection
+        subscribes with it, and so does every later reconnect, although the
+        file still holds the dead token.
+        """
+        from yadiskpush.errors import ConfigurationError
+        from yadiskpush.oauth import refresh as refreshModule
+
+        yield self.setUpOAuth(expiresIn=300 * DAY)
+
+        def refuse(path: str, tokenFile: TokenFile) -> None:
+            raise ConfigurationError(f"cannot write the token file {path}: read-only")
+
+        self.patch(refreshModule, "writeTokenFile", refuse)
+        refresher = self.refresher()
+        service = self.startService(refresher)
+        yield service.whenReady()
+        self.standIn.expireAccessToken(LOGIN)
+        [session] = self.server.openSessions(LOGIN)
+        session.drop()
+        rejected = yield service.whenConnectionFailed()
+        while not isinstance(rejected, AuthenticationFailed):
+            rejected = yield service.whenConnectionFailed()
+        yield self.server.whenSubscribed(2)
+        yield service.whenReady()
+        tokenFile, _ = readTokenFile(self.path)
+        self.assertEqual(tokenFile.accessToken, self.original.accessToken)
+
+        [session] = self.server.openSessions(LOGIN)
+        session.drop()
+        yield self.server.whenSubscribed(3)
+        yield service.whenReady()
+        self.assertEqual(len(self.server.eventsOf("auth-failure")), 1)
+        self.assertEqual(refresher.requests, 1)
+        self.assertIsNone(service.gaveUp)
+
     def _fleetSettings(self) -> dict[str, Any]:
         settings = self.settingsFor(self.server)
         return dict(

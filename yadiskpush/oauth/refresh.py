@@ -175,6 +175,11 @@ class TokenRefresher:
         self._checking: defer.Deferred[Secret] | None = None
         #: How many refresh requests were sent to the OAuth server.
         self.requests = 0
+        # A refresh the file could not take (a read-only credential, a full
+        # disk): the file's access token then, and the refreshed file kept in
+        # memory instead. The server may have replaced the refresh token, so
+        # the new one must not be lost while the process runs.
+        self._unsaved: tuple[Secret, TokenFile] | None = None
 
     def _oauthClient(self, oauthUrl: str) -> Any:
         from yadiskpush.oauth.client import OAuthClient
@@ -196,8 +201,32 @@ class TokenRefresher:
         try:
             tokenFile, _ = readTokenFile(self.path)
         except YaDiskPushError as e:
+            if self._unsaved is not None:
+                return self._unsaved[1]
             raise TokenRefreshError(self.path, e.message) from None
-        return tokenFile
+        return self._overlay(tokenFile)
+
+    def currentToken(self, fileToken: Secret) -> Secret:
+        """
+        The token to connect with, given the one the file holds now: the
+        file's, unless a refresh could not be saved to it, in which case the
+        refreshed one (until someone puts another token in the file).
+        """
+        if self._unsaved is None:
+            return fileToken
+        onDisk, refreshed = self._unsaved
+        if fileToken != onDisk:
+            self._unsaved = None  # replaced by hand: the new file wins
+            return fileToken
+        return refreshed.accessToken
+
+    def _overlay(self, tokenFile: TokenFile) -> TokenFile:
+        if self._unsaved is None:
+            return tokenFile
+        if tokenFile.accessToken != self._unsaved[0]:
+            self._unsaved = None
+            return tokenFile
+        return self._unsaved[1]
 
     def isDue(self, now: float | None = None) -> bool:
         """
@@ -328,10 +357,20 @@ class TokenRefresher:
         try:
             writeTokenFile(self.path, refreshed)
         except YaDiskPushError as e:
-            raise TokenRefreshError(
-                self.path,
-                f"the OAuth token was refreshed but could not be saved: {e.message}",
-            ) from None
+            # The new token is good and the old one may be dead already:
+            # use it from memory rather than fail the account.
+            onDisk = self._unsaved[0] if self._unsaved else before.accessToken
+            self._unsaved = (onDisk, refreshed)
+            self.log.warn(
+                "Refreshed the OAuth token but could not save it ({problem}); "
+                "using it from memory until the process stops. Make {path} "
+                "writable, or run yadiskpush token refresh where it can be "
+                "written",
+                problem=e.message,
+                path=self.path,
+            )
+            return refreshed.accessToken
+        self._unsaved = None
         if refreshed.expiresAt is None:
             self.log.info("Refreshed the OAuth token in {path}", path=self.path)
         else:
