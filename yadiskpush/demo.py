@@ -3,12 +3,13 @@
 
 The vendor's server cannot be reached from everywhere (and needs an
 account), so the demo starts :class:`~yadiskpush.localserver.LocalServer` in
-the same process, with a throwaway CA and a random token, points an ordinary
-:class:`~yadiskpush.service.PushService` at it and lets the server push a
-short series of sample changes, each a ``<diff>`` as the vendor sends it
-(files and folders created, changed, renamed and deleted; see
-:func:`~yadiskpush.localserver.diffs.samplePushes`), so the log shows what
-changed. Everything the client logs is what it logs
+the same process, with a throwaway CA, gets a token from its OAuth stand-in
+with the device flow (as ``yadiskpush token`` does, approving the code
+itself), points an ordinary :class:`~yadiskpush.service.PushService` at it
+and lets the server push a short series of sample changes, each a
+``<diff>`` as the vendor sends it (files and folders created, changed,
+renamed and deleted; see :func:`~yadiskpush.localserver.diffs.samplePushes`),
+so the log shows what changed. Everything the client logs is what it logs
 against the real server; the sinks (``--json-out``, ``--exec``) work as
 usual. ``kill -USR1 PID`` makes the server push one more change.
 """
@@ -35,6 +36,9 @@ from yadiskpush.settings import Settings
 
 DEMO_LOGIN = "demo"
 SAMPLE_COUNT = 3
+#: The demo's OAuth application, and how often it polls for its token.
+DEMO_CLIENT_ID = "yadiskpush-demo"
+DEMO_POLL_INTERVAL = 1.0
 SAMPLE_INTERVAL = 2.0
 PING_INTERVAL = 15.0
 
@@ -64,6 +68,7 @@ class DemoService(service.Service):
         self._revision = itertools.count(1)
         self._samples: task.LoopingCall | None = None
         self._previousHandler: Any = None
+        self._oauthPort: Any = None
         self.exitStatus = ExitStatus()
 
     def startService(self) -> None:
@@ -73,7 +78,8 @@ class DemoService(service.Service):
         d.addCallback(self._serverListening)
         d.addErrback(self._failed)
 
-    def _serverListening(self, server: LocalServer) -> None:
+    @defer.inlineCallbacks
+    def _serverListening(self, server: LocalServer) -> Any:
         caFile = str(server.writeCACertificate(os.path.join(self._directory, "ca.pem")))
         self._log.info(
             "Demo server listening on 127.0.0.1: STARTTLS port {port}, TLS port "
@@ -82,9 +88,12 @@ class DemoService(service.Service):
             tlsPort=server.tlsPort,
             caFile=caFile,
         )
+        token = yield self._tokenByDeviceFlow(server, caFile)
+        if not self.running:
+            return
         settings = Settings(
             login=DEMO_LOGIN,
-            token=Secret(self.token),
+            token=token,
             host="localhost",
             port=server.starttlsPort,
             tlsPort=server.tlsPort,
@@ -109,6 +118,45 @@ class DemoService(service.Service):
             signal.SIGUSR1,
             lambda *_: self.reactor.callFromThread(self.pushSample),
         )
+
+    @defer.inlineCallbacks
+    def _tokenByDeviceFlow(self, server: LocalServer, caFile: str) -> Any:
+        """
+        Get the demo's token as ``yadiskpush token`` gets one, from the local
+        server's OAuth stand-in: the device code, the polls, an approval
+        (here by the demo itself, a second later), the login look-up.
+        """
+        from yadiskpush.localserver.oauth import OAuthStandIn, listenOAuth
+        from yadiskpush.oauth.client import OAuthClient
+
+        clientSecret = Secret(secrets.token_urlsafe(16))
+        standIn = OAuthStandIn(
+            server.accounts,
+            {DEMO_CLIENT_ID: clientSecret.reveal()},
+            self.reactor,
+            interval=DEMO_POLL_INTERVAL,
+        )
+        self._oauthPort = yield listenOAuth(self.reactor, standIn, server.tlsOptions)
+        url = f"https://localhost:{self._oauthPort.getHost().port}"
+        client = OAuthClient(
+            url, url, reactor=self.reactor, caFile=caFile, timeout=10.0
+        )
+        code = yield client.requestDeviceCode(DEMO_CLIENT_ID)
+        self._log.info(
+            "Demo token, as yadiskpush token gets one: open {url} and enter the "
+            "code {code} (the demo approves it itself)",
+            url=code.verificationUrl,
+            code=code.userCode,
+        )
+        self.reactor.callLater(
+            DEMO_POLL_INTERVAL, standIn.approve, code.userCode, DEMO_LOGIN
+        )
+        grant = yield client.pollForToken(code, DEMO_CLIENT_ID, clientSecret)
+        login = yield client.fetchLogin(grant.accessToken)
+        self._log.info(
+            "Demo token granted for {login}; the Disk API names its owner", login=login
+        )
+        return grant.accessToken
 
     def _pushSamples(self, _: object) -> None:
         self._log.info(
@@ -152,5 +200,7 @@ class DemoService(service.Service):
             self._samples.stop()
         if self.app is not None:
             yield self.app.stopService()
+        if self._oauthPort is not None:
+            yield self._oauthPort.stopListening()
         yield self.server.stop()
         shutil.rmtree(self._directory, ignore_errors=True)

@@ -257,6 +257,9 @@ class PluginTests(TwistdTestCase):
         self.assertInOrder(
             process,
             [
+                # The token comes from the OAuth stand-in's device flow.
+                "Demo token, as yadiskpush token gets one: open https://localhost:",
+                "Demo token granted for demo",
                 "Connected to localhost:",
                 "STARTTLS accepted",
                 "TLS established; certificate verified for localhost",

@@ -417,6 +417,9 @@ def listenOAuth(
     """
     site = Site(standIn)
     site.noisy = False
+    # No access log: the stand-in keeps its own records of every request,
+    # and a line per poll would drown the demo's and the tool's output.
+    site.log = lambda request: None  # type: ignore[method-assign]
     if certificateOptions is None:
         endpoint: Any = TCP4ServerEndpoint(reactor, port, interface=interface)
     else:
