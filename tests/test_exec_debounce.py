@@ -18,12 +18,12 @@ import os
 import secrets
 from pathlib import Path
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.integration.test_plugin import TWISTD_ARGS, Steps, TwistdTestCase
+from tests.integration.test_plugin import Steps, TwistdTestCase
 from tests.test_sinks_execute import (
     FakeJournal,
     FakeLauncherTestCase,
@@ -33,7 +33,6 @@ from tests.test_sinks_execute import (
 from yadiskpush.cli.options import Options, buildSinks
 from yadiskpush.delivery.journal import Entry
 from yadiskpush.delivery.sinks import ExecSink, encodeJSONLine
-from yadiskpush.localserver import LocalServer
 
 #: ``changes`` as the JSON line carries them, for YADISKPUSH_CHANGES.
 CHANGES = [
@@ -429,30 +428,19 @@ class ExecOnStartTwistdTests(TwistdTestCase):
         after the subscription; after the server drops the session and the
         client subscribes again, only the push runs it (REASON=push)."""
         token = "y0_" + secrets.token_urlsafe(32)
-        server = LocalServer({LOGIN: token}, reactor=reactor)
-        yield server.start()
-        self.addCleanup(server.stop)
+        server = yield self.startServer({LOGIN: token})
         directory = Path(self.directory)
         tokenFile = directory / "token"
         tokenFile.touch(mode=0o600)
         tokenFile.write_text(token + "\n")
         out = directory / "runs"
         self.environment["OUT"] = str(out)
-        caFile = server.writeCACertificate(directory / "ca.pem")
         process, transport = self.spawnTwistd(
-            *TWISTD_ARGS,
+            *self.serverArguments(server),
             "--login",
             LOGIN,
             "--token-file",
             str(tokenFile),
-            "--host",
-            "localhost",
-            "--port",
-            str(server.starttlsPort),
-            "--tls-port",
-            str(server.tlsPort),
-            "--ca-file",
-            str(caFile),
             "--state-dir",
             str(directory / "state"),
             "--exec",
@@ -488,9 +476,7 @@ class ExecOnStartTwistdTests(TwistdTestCase):
         gets its own after its first subscription, and so does one removed
         and added back."""
         tokens = {login: "y0_" + secrets.token_urlsafe(16) for login in "abc"}
-        server = LocalServer(tokens, reactor=reactor)
-        yield server.start()
-        self.addCleanup(server.stop)
+        server = yield self.startServer(tokens)
         directory = Path(self.directory)
         accounts = directory / "accounts"
         out = directory / "runs"
@@ -503,14 +489,9 @@ class ExecOnStartTwistdTests(TwistdTestCase):
             new.replace(accounts)
 
         writeAccounts("a", "b")
-        caFile = server.writeCACertificate(directory / "ca.pem")
         process, transport = self.spawnTwistd(
-            *TWISTD_ARGS,
+            *self.serverArguments(server),
             f"--accounts={accounts}",
-            "--host=localhost",
-            f"--port={server.starttlsPort}",
-            f"--tls-port={server.tlsPort}",
-            f"--ca-file={caFile}",
             f"--state-dir={directory / 'state'}",
             "--exec",
             # Numbers each run, so that every one has a line of its own.

@@ -11,9 +11,9 @@ import secrets
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
-from tests.integration.test_plugin import TWISTD_ARGS, TwistdTestCase
+from tests.integration.test_plugin import TwistdTestCase
 from yadiskpush.localserver import LocalServer
 
 Steps = Generator[defer.Deferred[Any], Any, None]
@@ -24,13 +24,6 @@ def newToken() -> str:
 
 
 class AccountsPluginTests(TwistdTestCase):
-    @defer.inlineCallbacks
-    def startServer(self, accounts: dict[str, str]) -> Any:
-        server = LocalServer(accounts, reactor=reactor)
-        yield server.start()
-        self.addCleanup(server.stop)
-        return server
-
     def writeAccounts(self, accounts: dict[str, str]) -> str:
         """Write the accounts file (mode 600) atomically, as an editor would."""
         path = os.path.join(self.directory, "accounts")
@@ -43,16 +36,7 @@ class AccountsPluginTests(TwistdTestCase):
         return path
 
     def args(self, server: LocalServer, path: str, *extra: str) -> list[str]:
-        ca = str(server.writeCACertificate(os.path.join(self.directory, "ca.pem")))
-        return [
-            *TWISTD_ARGS,
-            "--host=localhost",
-            f"--port={server.starttlsPort}",
-            f"--tls-port={server.tlsPort}",
-            f"--ca-file={ca}",
-            f"--accounts={path}",
-            *extra,
-        ]
+        return [*self.serverArguments(server), f"--accounts={path}", *extra]
 
     @defer.inlineCallbacks
     def test_manyAccountsAndReload(self) -> Steps:

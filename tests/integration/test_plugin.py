@@ -183,6 +183,34 @@ class TwistdTestCase(TestCase):
     def reap(self, process: TwistdProcess, transport: Any) -> defer.Deferred[None]:
         return reapChild(process, transport)
 
+    @defer.inlineCallbacks
+    def startServer(self, accounts: dict[str, str]) -> Any:
+        """A local server accepting ``accounts``, stopped on cleanup."""
+        from yadiskpush.localserver import LocalServer
+
+        server = LocalServer(accounts, reactor=reactor)
+        yield server.start()
+        self.addCleanup(server.stop)
+        return server
+
+    def serverArguments(self, server: Any, caFile: str | None = None) -> list[str]:
+        """
+        twistd's arguments up to the plugin's, and the plugin's options that
+        point it at ``server`` (its CA written to ``ca.pem`` in the test's
+        directory unless ``caFile`` is given).
+        """
+        if caFile is None:
+            caFile = str(
+                server.writeCACertificate(os.path.join(self.directory, "ca.pem"))
+            )
+        return [
+            *TWISTD_ARGS,
+            "--host=localhost",
+            f"--port={server.starttlsPort}",
+            f"--tls-port={server.tlsPort}",
+            f"--ca-file={caFile}",
+        ]
+
     def whenLines(
         self, process: TwistdProcess, path: str, count: int
     ) -> defer.Deferred[list[dict[str, Any]]]:

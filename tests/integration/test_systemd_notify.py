@@ -19,8 +19,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 
-from tests.integration.test_plugin import TWISTD_ARGS, TwistdTestCase
-from yadiskpush.localserver import LocalServer
+from tests.integration.test_plugin import TwistdTestCase
 
 Steps = Generator[defer.Deferred[Any], Any, None]
 
@@ -84,13 +83,6 @@ class NotifyListener(DatagramProtocol):
 
 
 class SystemdNotifyTests(TwistdTestCase):
-    @defer.inlineCallbacks
-    def startServer(self, accounts: dict[str, str]) -> Any:
-        server = LocalServer(accounts, reactor=reactor)
-        yield server.start()
-        self.addCleanup(server.stop)
-        return server
-
     def listen(self, abstract: bool = False) -> NotifyListener:
         """Listen like systemd; NOTIFY_SOCKET in the child's environment."""
         listener = NotifyListener()
@@ -112,16 +104,6 @@ class SystemdNotifyTests(TwistdTestCase):
             f.write(text)
         return path
 
-    def serverArgs(self, server: LocalServer) -> list[str]:
-        ca = str(server.writeCACertificate(os.path.join(self.directory, "ca.pem")))
-        return [
-            *TWISTD_ARGS,
-            "--host=localhost",
-            f"--port={server.starttlsPort}",
-            f"--tls-port={server.tlsPort}",
-            f"--ca-file={ca}",
-        ]
-
     @defer.inlineCallbacks
     def test_readyAfterSubscriptionThenStopping(self) -> Steps:
         """
@@ -136,7 +118,9 @@ class SystemdNotifyTests(TwistdTestCase):
         self.environment["WATCHDOG_USEC"] = "2000000"
         tokenFile = self.writeFile("token", token + "\n")
         process, transport = self.spawnTwistd(
-            *self.serverArgs(server), f"--login={LOGIN}", f"--token-file={tokenFile}"
+            *self.serverArguments(server),
+            f"--login={LOGIN}",
+            f"--token-file={tokenFile}",
         )
         ready = yield listener.whenKey("READY")
         [session] = server.openSessions(LOGIN)
@@ -177,7 +161,7 @@ class SystemdNotifyTests(TwistdTestCase):
             "accounts", f"alice:{server.accounts['alice']}\nbob:y0_bad\n"
         )
         process, transport = self.spawnTwistd(
-            *self.serverArgs(server), f"--accounts={path}"
+            *self.serverArguments(server), f"--accounts={path}"
         )
         ready = yield listener.whenKey("READY")
         self.assertEqual(ready["STATUS"], "1/2 subscribed; 1 gave up: rejected token")
@@ -195,7 +179,9 @@ class SystemdNotifyTests(TwistdTestCase):
         listener = self.listen()
         tokenFile = self.writeFile("token", "y0_rejected\n")
         process, transport = self.spawnTwistd(
-            *self.serverArgs(server), f"--login={LOGIN}", f"--token-file={tokenFile}"
+            *self.serverArguments(server),
+            f"--login={LOGIN}",
+            f"--token-file={tokenFile}",
         )
         yield process.ended
         self.assertEqual(process.exitCode, 78, process.text())

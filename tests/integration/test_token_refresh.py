@@ -429,17 +429,7 @@ class TwistdRefreshTests(TwistdTestCase):
         ca = str(server.writeCACertificate(os.path.join(self.directory, "ca.pem")))
         path = os.path.join(self.directory, "token.json")
         yield obtainTokenFile(path, standIn, url, ca, expiresIn)
-        args = [
-            "--nodaemon",
-            "--pidfile=",
-            "--logfile=-",
-            "yadiskpush",
-            "--host=localhost",
-            f"--port={server.starttlsPort}",
-            f"--tls-port={server.tlsPort}",
-            f"--ca-file={ca}",
-            f"--token-file={path}",
-        ]
+        args = [*self.serverArguments(server, ca), f"--token-file={path}"]
         return server, standIn, path, args
 
     @defer.inlineCallbacks
