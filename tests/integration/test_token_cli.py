@@ -164,6 +164,22 @@ class ConsoleScriptTests(StandInCase):
             "LANG": "C.UTF-8",
         }
 
+    def tokenArguments(self, url: str, *extra: str) -> list[str]:
+        """``yadiskpush token`` against the stand-in at ``url``, trusting
+        the test's CA."""
+        return [
+            "token",
+            "--client-id",
+            CLIENT_ID,
+            "--oauth-url",
+            url,
+            "--api-url",
+            url,
+            "--ca-file",
+            self.caFile,
+            *extra,
+        ]
+
     def spawn(self, *args: str) -> TwistdProcess:
         return self.spawnWithTransport(*args)[0]
 
@@ -186,17 +202,7 @@ class ConsoleScriptTests(StandInCase):
         $XDG_CONFIG_HOME and prints the twistd line; token refresh renews it."""
         url = yield self.serve(["localhost", "127.0.0.1"])
         process = self.spawn(
-            "token",
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-file",
-            self.secretFile,
-            "--oauth-url",
-            url,
-            "--api-url",
-            url,
-            "--ca-file",
-            self.caFile,
+            *self.tokenArguments(url, "--client-secret-file", self.secretFile)
         )
         line = yield process.whenLine("enter the code: ")
         userCode = line.rsplit(" ", 1)[1]
@@ -241,19 +247,7 @@ class ConsoleScriptTests(StandInCase):
         url = yield self.serve(["127.0.0.1"])
         self.environment["YADISKPUSH_CLIENT_SECRET"] = CLIENT_SECRET
         out = os.path.join(self.directory, "token.json")
-        process = self.spawn(
-            "token",
-            "--client-id",
-            CLIENT_ID,
-            "--oauth-url",
-            url,
-            "--api-url",
-            url,
-            "--ca-file",
-            self.caFile,
-            "--out",
-            out,
-        )
+        process = self.spawn(*self.tokenArguments(url, "--out", out))
         line = yield process.whenLine("enter the code: ")
         self.standIn.deny(line.rsplit(" ", 1)[1])
         yield process.ended
@@ -267,10 +261,7 @@ class ConsoleScriptTests(StandInCase):
         """A wrong client secret ends with invalid_client's advice, exit 78."""
         url = yield self.serve(["127.0.0.1"])
         self.environment["YADISKPUSH_CLIENT_SECRET"] = "wrong"
-        process = self.spawn(
-            "token", "--client-id", CLIENT_ID, "--oauth-url", url,
-            "--api-url", url, "--ca-file", self.caFile,
-        )  # fmt: skip
+        process = self.spawn(*self.tokenArguments(url))
         line = yield process.whenLine("enter the code: ")
         self.standIn.approve(line.rsplit(" ", 1)[1], "alice")
         yield process.ended
@@ -285,9 +276,8 @@ class ConsoleScriptTests(StandInCase):
         self.environment["YADISKPUSH_CLIENT_SECRET"] = CLIENT_SECRET
         out = os.path.join(self.directory, "token.json")
         process, transport = self.spawnWithTransport(
-            "token", "--client-id", CLIENT_ID, "--oauth-url", url,
-            "--api-url", url, "--ca-file", self.caFile, "--out", out,
-        )  # fmt: skip
+            *self.tokenArguments(url, "--out", out)
+        )
         yield process.whenLine("enter the code: ")
         transport.signalProcess("INT")
         yield process.ended
