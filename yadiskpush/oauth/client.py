@@ -25,7 +25,6 @@ given reactor; and no secret appears in an error message, a log or a repr.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from zope.interface import implementer
 from yadiskpush import __version__
 from yadiskpush.connection.tls import loadTrustRoot
 from yadiskpush.errors import ConfigurationError, YaDiskPushError
+from yadiskpush.oauth.loopback import isLoopbackHost
 from yadiskpush.secret import Secret
 
 DEFAULT_OAUTH_URL = "https://oauth.yandex.ru"
@@ -166,16 +166,6 @@ def cleanServerText(text: str, limit: int = MAX_SHOWN_TEXT, redact: bool = True)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
-
-
-def isLoopbackHost(host: str) -> bool:
-    """Whether ``host`` is this machine: ``localhost``, 127.0.0.0/8 or ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def checkURL(url: str, option: str) -> str:

@@ -19,16 +19,15 @@ to the push server itself and never decides to give up: the service does.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from yadiskpush.errors import AuthenticationFailed, YaDiskPushError
 from yadiskpush.logs import Logger
+from yadiskpush.oauth.loopback import isLoopbackURL
 from yadiskpush.oauth.tokenfile import TokenFile, readTokenFile, writeTokenFile
 from yadiskpush.secret import Secret
 
@@ -98,20 +97,6 @@ class RejectedAndNotRefreshed(AuthenticationFailed):
             f"({rejected.condition or 'no condition given'}), and refreshing it "
             f"failed: {reason}; {fix} (and check --login)",
         )
-
-
-def isLoopbackURL(url: str) -> bool:
-    """Whether ``url``'s host is this machine (127.0.0.0/8, ::1, localhost)."""
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def caFileForOAuth(oauthUrl: str, caFile: str | None) -> str | None:
