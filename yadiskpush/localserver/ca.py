@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import ssl
+
+from yadiskpush.privatefile import writePrivateFile
 
 # Clocks of the test machine and of the certificate's consumer may disagree a
 # little; a not-before in the past keeps a fresh certificate valid at once.
@@ -270,18 +271,6 @@ class CertificateAuthority:
         return cls(key, certificate)
 
 
-def _writePrivate(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, created with ``mode``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
 class KeptAuthority(NamedTuple):
     """What :func:`loadOrCreate` found or made in a state directory."""
 
@@ -326,8 +315,8 @@ def loadOrCreate(
     try:
         if not caPath.exists() and not caKeyPath.exists():
             ca = CertificateAuthority.generate(validity=KEPT_CA_VALIDITY)
-            _writePrivate(caKeyPath, ca.keyPEM, 0o600)
-            _writePrivate(caPath, ca.caCertificatePEM, 0o644)
+            writePrivateFile(caKeyPath, ca.keyPEM, 0o600)
+            writePrivateFile(caPath, ca.caCertificatePEM, 0o644)
             how = "created"
         else:
             ca = _loadAuthority(caPath, caKeyPath, now)
@@ -343,8 +332,8 @@ def loadOrCreate(
             # Not past the CA's own end: a client would refuse the chain.
             lifetime = min(KEPT_VALIDITY, ca.notValidAfter - now)
             certificate = ca.issueServerCertificate(names, notValidAfter=now + lifetime)
-            _writePrivate(serverKeyPath, certificate.keyPEM, 0o600)
-            _writePrivate(serverPath, certificate.certPEM, 0o644)
+            writePrivateFile(serverKeyPath, certificate.keyPEM, 0o600)
+            writePrivateFile(serverPath, certificate.certPEM, 0o644)
             if how == "reused":
                 how = "reissued"
     except OSError as e:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from typing import Any
 
 from yadiskpush.errors import ConfigurationError
+from yadiskpush.privatefile import writePrivateFile
 from yadiskpush.secret import Secret
 
 #: Larger files are not token files; reading stops there.
@@ -241,36 +241,12 @@ def writeTokenFile(path: str, tokenFile: TokenFile) -> None:
             f"{e.strerror or e}"
         ) from None
     data = (json.dumps(tokenFile.toJSON(), indent=2) + "\n").encode("utf-8")
-    temporaryPath = os.path.join(
-        directory,
-        f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp",
-    )
     try:
-        descriptor = os.open(
-            temporaryPath,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-            0o600,
-        )
-        try:
-            # The umask can only narrow the mode; make it exactly 0600.
-            os.fchmod(descriptor, 0o600)
-            view = memoryview(data)
-            while view:
-                written = os.write(descriptor, view)
-                view = view[written:]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporaryPath, path)
+        writePrivateFile(path, data)
     except OSError as e:
-        try:
-            os.unlink(temporaryPath)
-        except OSError:
-            pass
         raise ConfigurationError(
             f"cannot write the token file {path}: {e.strerror or e}"
         ) from None
-    _fsyncDirectory(directory)
 
 
 def _makeDirectories(directory: str) -> None:
@@ -284,18 +260,3 @@ def _makeDirectories(directory: str) -> None:
         os.mkdir(directory, 0o700)
     except FileExistsError:
         pass
-
-
-def _fsyncDirectory(directory: str) -> None:
-    """Make the rename durable; a filesystem that cannot fsync a directory is
-    left as it is (the file itself is already synced)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
