@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -167,8 +168,13 @@ class LateCheckTests(SynchronousTestCase):
         self.assertIn("cannot write --json-out", str(caught.exception))
 
 
-class AccountsOptionTests(SynchronousTestCase):
-    """--accounts: the file is checked before anything starts."""
+class AccountsFileMixin:
+    """An accounts file in a temporary directory, and usage-error checks."""
+
+    mktemp: Any
+    assertRaises: Any
+    assertIn: Any
+    assertNotIn: Any
 
     def accountsFile(self, text: str, mode: int = 0o600) -> str:
         path = self.mktemp()
@@ -184,6 +190,10 @@ class AccountsOptionTests(SynchronousTestCase):
         self.assertIn(fragment, message)
         self.assertNotIn("\n", message)
         self.assertNotIn(TOKEN, message)
+
+
+class AccountsOptionTests(AccountsFileMixin, SynchronousTestCase):
+    """--accounts: the file is checked before anything starts."""
 
     def test_accountsRead(self) -> None:
         """Each LOGIN:TOKEN line becomes an account."""
@@ -243,3 +253,59 @@ class AccountsOptionTests(SynchronousTestCase):
         )
         with self.assertRaises(usage.UsageError):
             parse("--accounts", path, "--log-level", "chatty")
+
+
+class ShardOptionTests(AccountsFileMixin, SynchronousTestCase):
+    """--shard K/N: this process keeps its shard of the accounts file."""
+
+    def test_shardSelects(self) -> None:
+        """Two shards of one file hold disjoint sets whose union is the file."""
+        from yadiskpush.shards import Shard
+
+        logins = [f"user{n}" for n in range(40)]
+        path = self.accountsFile("".join(f"{login}:{TOKEN}\n" for login in logins))
+        parts = [
+            parse("--accounts", path, "--shard", f"{k}/2").accounts for k in (0, 1)
+        ]
+        self.assertEqual(
+            parse("--accounts", path, "--shard", "1/2")["shard"], Shard(1, 2)
+        )
+        self.assertFalse(set(parts[0]) & set(parts[1]))
+        self.assertEqual(set(parts[0]) | set(parts[1]), set(logins))
+        self.assertTrue(parts[0] and parts[1])
+
+    def test_badShard(self) -> None:
+        """A shard out of range or not K/N names --shard and the form."""
+        path = self.accountsFile(f"alice:{TOKEN}\n")
+        self.assertUsageError(
+            "--shard: '2/2': the shard must be 0 to 1",
+            "--accounts",
+            path,
+            "--shard",
+            "2/2",
+        )
+        self.assertUsageError(
+            "--shard: 'x' is not K/N", "--accounts", path, "--shard", "x"
+        )
+
+    def test_shardNeedsAccounts(self) -> None:
+        """--shard with one --login is refused: there is nothing to split."""
+        self.assertUsageError(
+            "--shard splits an --accounts file",
+            "--shard",
+            "0/2",
+            "-l",
+            "alice",
+        )
+
+    def test_emptyShardWarns(self) -> None:
+        """A shard with none of the file's accounts runs, with a warning."""
+        from yadiskpush.shards import shardOf
+
+        login = "alice"
+        other = (shardOf(login, 2) + 1) % 2
+        path = self.accountsFile(f"{login}:{TOKEN}\n")
+        options = parse("--accounts", path, "--shard", f"{other}/2")
+        self.assertEqual(options.accounts, {})
+        self.assertEqual(len(options.warnings), 1)
+        self.assertIn(f"Shard {other}/2: none of the 1 accounts", options.warnings[0])

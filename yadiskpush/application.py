@@ -31,6 +31,7 @@ from yadiskpush.errors import ServiceStopped, YaDiskPushError
 from yadiskpush.fleet import PushFleet, describeGiveUp
 from yadiskpush.logs import Logger
 from yadiskpush.service import PushService
+from yadiskpush.shards import Shard
 from yadiskpush.systemd import SystemdNotifier
 
 #: ``EX_CONFIG`` from ``sysexits.h``: the configuration needs a fix.
@@ -77,7 +78,9 @@ class PushApplication(service.Service):
     given, SIGHUP is handled and a give-up (of every account) stops the
     reactor with ``exitStatus`` set to 78. With ``accountsFile``, SIGHUP
     re-reads it and the fleet takes the changes; a file that cannot be used
-    leaves the running accounts as they are.
+    leaves the running accounts as they are. With ``shard``, the fleet holds
+    only that shard's accounts of the file, at start (the caller's
+    selection) and after each re-read.
 
     ``notifier`` tells systemd (``Type=notify``): ``READY=1`` once every
     account has subscribed or given up, a ``STATUS=`` line whenever the
@@ -104,8 +107,10 @@ class PushApplication(service.Service):
         accountsFile: str | None = None,
         notifier: SystemdNotifier | None = None,
         onFirstSubscription: Callable[[str], object] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.push = push
+        self.shard = shard
         self.onFirstSubscription = onFirstSubscription
         # Logins whose first subscription has been reported.
         self._subscribedOnce: set[str] = set()
@@ -177,10 +182,23 @@ class PushApplication(service.Service):
                 count=len(self.push),
             )
             return
+        inFile = len(accounts)
+        if self.shard is not None:
+            accounts = self.shard.select(accounts)
         change = self.push.apply(accounts)
         # An account added back later has missed its changes meanwhile.
         self._subscribedOnce.difference_update(change.removed)
-        self._log.info("Accounts file re-read: {change}", change=str(change))
+        if self.shard is None:
+            self._log.info("Accounts file re-read: {change}", change=str(change))
+        else:
+            self._log.info(
+                "Accounts file re-read (shard {shard}: {kept:,} of {count:,} "
+                "accounts): {change}",
+                shard=str(self.shard),
+                kept=len(accounts),
+                count=inFile,
+                change=str(change),
+            )
 
     def startService(self) -> None:
         service.Service.startService(self)

@@ -23,7 +23,9 @@ def newToken() -> str:
     return "y0_" + secrets.token_urlsafe(16)
 
 
-class AccountsPluginTests(TwistdTestCase):
+class AccountsTwistdTestCase(TwistdTestCase):
+    """twistd with an accounts file (helpers only, no tests)."""
+
     def writeAccounts(self, accounts: dict[str, str]) -> str:
         """Write the accounts file (mode 600) atomically, as an editor would."""
         path = os.path.join(self.directory, "accounts")
@@ -37,6 +39,9 @@ class AccountsPluginTests(TwistdTestCase):
 
     def args(self, server: LocalServer, path: str, *extra: str) -> list[str]:
         return [*self.serverArguments(server), f"--accounts={path}", *extra]
+
+
+class AccountsPluginTests(AccountsTwistdTestCase):
 
     @defer.inlineCallbacks
     def test_manyAccountsAndReload(self) -> Steps:

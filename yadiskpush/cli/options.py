@@ -30,6 +30,7 @@ from yadiskpush.settings import (
     DEFAULT_TLS_PORT,
     Settings,
 )
+from yadiskpush.shards import Shard, parseShard
 
 if TYPE_CHECKING:
     from yadiskpush.oauth.refresh import TokenRefresher
@@ -120,6 +121,11 @@ def _stanzaSize(value: str) -> int:
     if _number(value, int, expected) < MIN_STANZA_SIZE:
         raise ValueError(f"{value!r} is not {expected}")
     return int(value)
+
+
+@coerce("K/N: shard K (counting from 0) of N.")
+def _shardCoerce(value: str) -> Shard:
+    return parseShard(value)
 
 
 #: --log-level's choices, in Twisted's names.
@@ -293,6 +299,14 @@ class Options(usage.Options):
             _positiveInteger,
         ],
         [
+            "shard",
+            None,
+            None,
+            "Keep only the accounts of one shard of the --accounts file, so N "
+            "processes share it without overlap (rendezvous hashing of the login)",
+            _shardCoerce,
+        ],
+        [
             "state-dir",
             None,
             None,
@@ -410,6 +424,11 @@ class Options(usage.Options):
                 pass
             elif self["accounts"] is not None:
                 self._readAccounts()
+            elif self["shard"] is not None:
+                raise ConfigurationError(
+                    "--shard splits an --accounts file between processes: give "
+                    "--accounts FILE (with --login there is only one account)"
+                )
             else:
                 self.settings = self._buildSettings()
         except ConfigurationError as e:
@@ -467,10 +486,19 @@ class Options(usage.Options):
                     "file gives every login and its token"
                 )
         path = self["accounts"]
-        self.accounts = readAccounts(path)
-        if not self.accounts:
+        accounts = readAccounts(path)
+        if not accounts:
             raise ConfigurationError(
                 f"{path} has no accounts: add a line LOGIN:TOKEN for each"
+            )
+        shard: Shard | None = self["shard"]
+        self.accounts = accounts if shard is None else shard.select(accounts)
+        if not self.accounts:
+            # Not an error: a file may be smaller than the pool for a while,
+            # and SIGHUP brings this shard's accounts when they come.
+            self.warnings.append(
+                f"Shard {shard}: none of the {len(accounts):,} accounts of {path} "
+                "is in this shard; waiting for SIGHUP"
             )
         # Checks the connection options once, as a probe account.
         Settings(login="probe", token=Secret("probe"), **self.connectionSettings())
@@ -663,5 +691,6 @@ def makeService(options: Options) -> service.IService:
         exitStatus=exitStatus,
         accountsFile=options["accounts"],
         onFirstSubscription=onFirstSubscription,
+        shard=options["shard"],
         notifier=SystemdNotifier.fromEnvironment(options.environ, reactor),
     )
