@@ -35,12 +35,14 @@ Steps = Generator[defer.Deferred[Any], Any, None]
 UNITS = REPOSITORY / "docs" / "systemd"
 SYSTEM_UNIT = UNITS / "yadiskpush.service"
 TEMPLATE_UNIT = UNITS / "yadiskpush@.service"
+SHARD_UNIT = UNITS / "yadiskpush-shard@.service"
 USER_UNIT = UNITS / "user" / "yadiskpush.service"
 
 #: The venv path the units use in ExecStart=, per unit.
 SHIPPED_TWISTD = {
     SYSTEM_UNIT: "/opt/yadiskpush/bin/twistd",
     TEMPLATE_UNIT: "/opt/yadiskpush/bin/twistd",
+    SHARD_UNIT: "/opt/yadiskpush/bin/twistd",
     USER_UNIT: "%h/.local/share/yadiskpush/venv/bin/twistd",
 }
 
@@ -101,7 +103,7 @@ class UnitContentTests(SynchronousTestCase):
             "MemoryDenyWriteExecute": "no",
             "LockPersonality": "yes",
         }
-        for unit in (SYSTEM_UNIT, TEMPLATE_UNIT):
+        for unit in (SYSTEM_UNIT, TEMPLATE_UNIT, SHARD_UNIT):
             pairs = settings(unit)
             with self.subTest(unit=unit.name):
                 for key, wanted in expected.items():
@@ -176,6 +178,29 @@ class UnitCommandLineTests(SynchronousTestCase):
         self.assertEqual(options.settings.login, "alice")
         self.assertEqual(options.settings.token.reveal(), "y0_a")
 
+    def test_shardTemplateKeepsItsShard(self) -> None:
+        """
+        yadiskpush-shard@1-2 reads the accounts credential and keeps shard
+        1/2 of it (%I unescapes "1-2" to "1/2"); its state directory is its
+        own.
+        """
+        from yadiskpush.shards import Shard
+
+        credentials = self.directory / "credentials"
+        logins = [f"user{n}" for n in range(20)]
+        self.secretFile(
+            credentials / "accounts", "".join(f"{x}:y0_{x}\n" for x in logins)
+        )
+        options = self.parse(
+            self.pluginArguments(SHARD_UNIT, {"%I": "1/2"}),
+            CREDENTIALS_DIRECTORY=str(credentials),
+        )
+        self.assertEqual(options["shard"], Shard(1, 2))
+        self.assertEqual(
+            list(options.accounts), [x for x in logins if Shard(1, 2).holds(x)]
+        )
+        self.assertEqual(value(SHARD_UNIT, "StateDirectory"), "yadiskpush/shard-%i")
+
     def test_userUnitReadsTheHomeTokenFile(self) -> None:
         """The user unit reads ~/.config/yadiskpush/token.json, whose JSON
         names the login."""
@@ -249,6 +274,11 @@ class SystemdAnalyzeTests(SynchronousTestCase):
         copy = self.copyUnit(TEMPLATE_UNIT)
         self.assertVerified(str(copy.with_name("yadiskpush@alice.service")))
 
+    def test_shardInstance(self) -> None:
+        """An instance of the shard template (shard 0 of 4) verifies."""
+        copy = self.copyUnit(SHARD_UNIT)
+        self.assertVerified(str(copy.with_name("yadiskpush-shard@0-4.service")))
+
     def test_userUnit(self) -> None:
         """The user unit verifies for systemctl --user without a warning."""
         result = self.analyze(
@@ -267,10 +297,14 @@ class SystemdAnalyzeTests(SynchronousTestCase):
 
     def test_securityExposure(self) -> None:
         """systemd-analyze security rates the system units OK (2.0 or less)."""
-        for unit in (SYSTEM_UNIT, TEMPLATE_UNIT):
+        instances = {
+            TEMPLATE_UNIT: "yadiskpush@alice.service",
+            SHARD_UNIT: "yadiskpush-shard@0-4.service",
+        }
+        for unit in (SYSTEM_UNIT, TEMPLATE_UNIT, SHARD_UNIT):
             copy = self.copyUnit(unit)
-            if unit is TEMPLATE_UNIT:
-                copy = copy.with_name("yadiskpush@alice.service")
+            if unit in instances:
+                copy = copy.with_name(instances[unit])
             result = self.analyze(
                 "security",
                 "--offline=yes",
