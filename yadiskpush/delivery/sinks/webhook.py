@@ -166,6 +166,7 @@ class WebhookSink:
         self._retryCall: IDelayedCall | None = None
         self._failures = 0
         self._journalingLogged = False
+        self._emptyWaiters: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
         return f"<WebhookSink {self.url}>"
@@ -174,6 +175,17 @@ class WebhookSink:
     def queueDepth(self) -> int:
         """Pushes held in memory or journaled, not yet accepted."""
         return sum(1 for item in self._items if not item.done)
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        Fires once no push is waiting for the endpoint (at once if none is):
+        every push handed over so far was accepted or refused for good.
+        """
+        if self.queueDepth == 0:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._emptyWaiters.append(d)
+        return d
 
     # -- start ------------------------------------------------------------
 
@@ -347,6 +359,9 @@ class WebhookSink:
         while self._items and self._items[0].done:
             self._items.popleft()
         if not self._items:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for d in waiters:
+                d.callback(None)
             return
         item = self._items[0]
         attempt = self.sender.send(item.message.msgId, item.message.body)
@@ -453,7 +468,7 @@ class WebhookSink:
     def _stopForGood(self, answer: Answer) -> None:
         self.stopped = (
             f"the webhook {self.url} answered 410 Gone (it asked for no more "
-            "deliveries)"
+            "deliveries; fix --webhook and restart)"
         )
         kept = 0
         for item in list(self._items):
