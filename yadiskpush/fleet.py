@@ -28,6 +28,7 @@ from twisted.internet import defer, task
 from yadiskpush.accounts import AccountsChange, compareAccounts
 from yadiskpush.connection.context import ConnectionContext
 from yadiskpush.connection.handshakes import DEFAULT_MAX_HANDSHAKES, HandshakeGate
+from yadiskpush.delivery.pipeline import PipelineObserver
 from yadiskpush.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -138,6 +139,9 @@ class PushFleet(service.MultiService):
         self._observers: list[NotificationObserver] = []
         self._countObservers: list[Callable[[PushFleet], None]] = []
         self._subscriptionObservers: list[Callable[[str], None]] = []
+        self._attemptObservers: list[Callable[[str], None]] = []
+        self._reconnectObservers: list[Callable[[str, YaDiskPushError], None]] = []
+        self._pipelineObserver: PipelineObserver | None = None
         self._subscribed: set[str] = set()
         self._gaveUp: dict[str, YaDiskPushError] = {}
         self._settledWaiters = _Waiters()
@@ -176,9 +180,12 @@ class PushFleet(service.MultiService):
             context=self.context,
             reconnectPolicy=ReconnectPolicy(minimumWindow=self._reconnectWindow),
             tokenRefresher=tokenRefresher,
+            pipelineObserver=self._pipelineObserver,
         )
         push.addNotificationObserver(self._deliver)
         push.addStateObserver(self._accountChanged)
+        push.addAttemptObserver(self._attemptStarted)
+        push.addReconnectObserver(self._reconnecting)
         self._accounts[login] = push
         self._tokens[login] = token
         push.setServiceParent(self)
@@ -306,6 +313,44 @@ class PushFleet(service.MultiService):
         (``--exec-on-start`` keeps the first of each login).
         """
         self._subscriptionObservers.append(observer)
+
+    def addAttemptObserver(self, observer: Callable[[str], None]) -> None:
+        """
+        Call ``observer(login)`` each time an account's connection attempt
+        starts (see :meth:`PushService.addAttemptObserver
+        <yadiskpush.service.PushService.addAttemptObserver>`).
+        """
+        self._attemptObservers.append(observer)
+
+    def addReconnectObserver(
+        self, observer: Callable[[str, YaDiskPushError], None]
+    ) -> None:
+        """
+        Call ``observer(login, error)`` each time ``error`` ended an
+        account's connection and it is going to connect again (see
+        :meth:`PushService.addReconnectObserver
+        <yadiskpush.service.PushService.addReconnectObserver>`).
+        """
+        self._reconnectObservers.append(observer)
+
+    def setPipelineObserver(self, observer: PipelineObserver | None) -> None:
+        """
+        Tell ``observer`` of every push of every account (received,
+        acknowledged, refused), for the accounts there now and those added
+        later (see :meth:`PushService.setPipelineObserver
+        <yadiskpush.service.PushService.setPipelineObserver>`).
+        """
+        self._pipelineObserver = observer
+        for push in self._accounts.values():
+            push.setPipelineObserver(observer)
+
+    def _attemptStarted(self, push: PushService) -> None:
+        for observer in self._attemptObservers:
+            observer(push.settings.login)
+
+    def _reconnecting(self, push: PushService, error: YaDiskPushError) -> None:
+        for observer in self._reconnectObservers:
+            observer(push.settings.login, error)
 
     def _countsChanged(self) -> None:
         for observer in list(self._countObservers):

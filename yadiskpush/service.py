@@ -37,7 +37,7 @@ from yadiskpush.connection.compression import (
 from yadiskpush.connection.context import ConnectionContext
 from yadiskpush.connection.endpoint import Dialer
 from yadiskpush.connection.stream import PushXmlStream, redactTraffic, secretForms
-from yadiskpush.delivery.pipeline import fanOut
+from yadiskpush.delivery.pipeline import PipelineObserver, fanOut
 from yadiskpush.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -60,6 +60,13 @@ from yadiskpush.secret import Secret
 from yadiskpush.settings import Settings
 
 NotificationObserver = Callable[[Notification], "defer.Deferred[Any] | None"]
+
+#: ``observer(service)``: a connection attempt starts (a handshake slot is held).
+AttemptObserver = Callable[["PushService"], None]
+
+#: ``observer(service, error)``: ``error`` ended a connection or an attempt,
+#: and the service is going to connect again.
+ReconnectObserver = Callable[["PushService", YaDiskPushError], None]
 
 
 def notifyObservers(
@@ -132,6 +139,8 @@ class PushService(service.Service):
         start and every 12 hours, and asked once for a new token when the
         server rejects one, before giving up (see
         :class:`~yadiskpush.oauth.refresh.TokenRefresher`).
+    :param pipelineObserver: told of every push received, acknowledged and
+        refused (metrics); see :meth:`setPipelineObserver`.
     :raises yadiskpush.errors.ConfigurationError: if the CA file is unusable.
     """
 
@@ -143,6 +152,7 @@ class PushService(service.Service):
         context: ConnectionContext | None = None,
         reconnectPolicy: ReconnectPolicy | None = None,
         tokenRefresher: TokenRefresher | None = None,
+        pipelineObserver: PipelineObserver | None = None,
     ) -> None:
         if context is None:
             if reactor is None:
@@ -162,6 +172,8 @@ class PushService(service.Service):
         self.ready = False
         self._observers: list[NotificationObserver] = []
         self._stateObservers: list[Callable[[PushService], None]] = []
+        self._attemptObservers: list[AttemptObserver] = []
+        self._reconnectObservers: list[ReconnectObserver] = []
         self._readyWaiters = _Waiters()
         self._failureWaiters = _Waiters()
         self._gaveUpWaiters = _Waiters()
@@ -198,17 +210,19 @@ class PushService(service.Service):
         self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._sessionOpened)
         self.factory.addBootstrap(SUBSCRIBED_EVENT, self._subscribed)
         self.streamManager = StreamManager(self.factory, self.reactor)
+        self._pushHandler = PushHandler(
+            self.notificationReceived,
+            clock=self.reactor,
+            log=self.log,
+            deliveryTimeout=settings.deliveryTimeout,
+            login=settings.login,
+            pipelineObserver=pipelineObserver,
+        )
         for handler in (
             VersionHandler("yadiskpush", __version__, log=self.log),
             PingHandler(log=self.log),
             SubscriptionHandler(log=self.log),
-            PushHandler(
-                self.notificationReceived,
-                clock=self.reactor,
-                log=self.log,
-                deliveryTimeout=settings.deliveryTimeout,
-                login=settings.login,
-            ),
+            self._pushHandler,
             KeepaliveHandler(
                 lambda: self.settings.domain,
                 self.reactor,
@@ -237,6 +251,32 @@ class PushService(service.Service):
         again, stopped): how a fleet keeps its counts without polling.
         """
         self._stateObservers.append(observer)
+
+    def addAttemptObserver(self, observer: AttemptObserver) -> None:
+        """
+        Call ``observer(service)`` each time a connection attempt starts
+        (after the handshake gate let it through, before dialling).
+        """
+        self._attemptObservers.append(observer)
+
+    def addReconnectObserver(self, observer: ReconnectObserver) -> None:
+        """
+        Call ``observer(service, error)`` each time ``error`` ended a
+        connection or an attempt and the service is going to connect again
+        (not when it gives up): how metrics count reconnects by reason.
+        """
+        self._reconnectObservers.append(observer)
+
+    def setPipelineObserver(self, observer: PipelineObserver | None) -> None:
+        """
+        Tell ``observer`` of every push received, acknowledged and refused,
+        on the current stream and every next one (``None``: no one).
+        """
+        self._pushHandler.setPipelineObserver(observer)
+
+    def _reconnecting(self, error: YaDiskPushError) -> None:
+        for observer in self._reconnectObservers:
+            observer(self, error)
 
     def _stateChanged(self) -> None:
         for observer in self._stateObservers:
@@ -440,6 +480,8 @@ class PushService(service.Service):
 
     def _dialWithSlot(self, release: Callable[[], None], token: Secret) -> Any:
         self._handshakeSlot = release
+        for observer in self._attemptObservers:
+            observer(self)
         attempts = self.dialer.plan(token)
         return self.dialer.connect(attempts, self.factory.buildStream)
 
@@ -577,6 +619,7 @@ class PushService(service.Service):
             assert decision.redirectTo is not None
             self.dialer.redirect(*decision.redirectTo)
         delay = self.reconnectPolicy.delayAfter(decision)
+        self._reconnecting(error)
         self.log.info(
             "Reconnecting in {delay:.1f} s (attempt {attempt})",
             delay=delay,
@@ -620,13 +663,13 @@ class PushService(service.Service):
             # Stopped (or given up) by a failure waiter.
             return
         if current != token:
-            self._connectWith(current)
+            self._connectWith(current, error)
             return
         self._refreshing = d = self.tokenRefresher.refresh()
 
         def refreshed(newToken: Secret) -> None:
             self._refreshing = None
-            self._connectWith(newToken)
+            self._connectWith(newToken, error)
 
         def failed(reason: Failure) -> None:
             if reason.check(defer.CancelledError):
@@ -642,11 +685,14 @@ class PushService(service.Service):
 
         d.addCallbacks(refreshed, failed)
 
-    def _connectWith(self, refreshedToken: Secret) -> None:
+    def _connectWith(
+        self, refreshedToken: Secret, rejection: AuthenticationFailed
+    ) -> None:
         """Connect again at once with a token refreshed after a rejection."""
         self._unprovenToken = refreshedToken
         self.updateToken(refreshedToken)
         if self.retrying:
+            self._reconnecting(rejection)
             self.log.info("Connecting again with the refreshed token")
             self._connectLater(0)
 

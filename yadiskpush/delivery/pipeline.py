@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer
@@ -41,6 +41,26 @@ Deliver = Callable[[Notification], "defer.Deferred[Any] | None"]
 
 DEFAULT_DELIVERY_TIMEOUT = 60.0
 DEFAULT_MAX_WAITING = 1000
+
+#: Why a push was refused, as :meth:`PipelineObserver.pushRefused` says it:
+#: the sinks took too long, too many pushes waited, or a sink failed.
+REFUSED_TIMEOUT = "timeout"
+REFUSED_FULL = "full"
+REFUSED_SINK_FAILED = "sink_failed"
+REFUSED_REASONS = (REFUSED_TIMEOUT, REFUSED_FULL, REFUSED_SINK_FAILED)
+
+
+class PipelineObserver(Protocol):
+    """
+    Told what happens to each push (metrics count these). Called on the
+    per-push path, so each method must be cheap and must not raise.
+    """
+
+    def pushReceived(self) -> None: ...
+
+    def pushAcked(self) -> None: ...
+
+    def pushRefused(self, reason: str) -> None: ...
 
 
 def _answerHead(iq: Any, answerType: str) -> str:
@@ -118,6 +138,9 @@ class DeliveryPipeline:
     :param clock: runs the delivery timeout.
     :param timeout: seconds one hand-off may take before it is refused.
     :param maxWaiting: pushes allowed to wait behind the current one.
+    :param observer: told of every push received, acknowledged and refused
+        (with one of :data:`REFUSED_REASONS`); ``None`` costs one attribute
+        check per event.
     """
 
     def __init__(
@@ -128,8 +151,10 @@ class DeliveryPipeline:
         log: Logger,
         timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         maxWaiting: int = DEFAULT_MAX_WAITING,
+        observer: PipelineObserver | None = None,
     ) -> None:
         self.deliver = deliver
+        self.observer = observer
         self.send = send
         self.clock = clock
         self.log = log
@@ -151,6 +176,8 @@ class DeliveryPipeline:
         """A push arrived: hand it on now, or after those before it."""
         if self._closed:
             return
+        if self.observer is not None:
+            self.observer.pushReceived()
         if self._current is not None and len(self._waiting) >= self.maxWaiting:
             if not self._overflowLogged:
                 self._overflowLogged = True
@@ -159,6 +186,8 @@ class DeliveryPipeline:
                     "(the server will send them again)",
                     waiting=self.waiting,
                 )
+            if self.observer is not None:
+                self.observer.pushRefused(REFUSED_FULL)
             self._answer(iq, errorAnswer(iq, "resource-constraint"))
             return
         self._waiting.append(_Entry(iq, notification))
@@ -216,6 +245,8 @@ class DeliveryPipeline:
         if isinstance(result, Failure):
             self._refuse(entry, result)
         else:
+            if self.observer is not None:
+                self.observer.pushAcked()
             self._answer(entry.iq, resultAnswer(entry.iq))
         if not self._handingOff:
             self._pump()
@@ -223,6 +254,12 @@ class DeliveryPipeline:
 
     def _refuse(self, entry: _Entry, reason: Failure) -> None:
         reason = _unwrap(reason)
+        if self.observer is not None:
+            self.observer.pushRefused(
+                REFUSED_TIMEOUT
+                if isinstance(reason.value, DeliveryTimedOut)
+                else REFUSED_SINK_FAILED
+            )
         if isinstance(reason.value, YaDiskPushError):
             # Expected (disk full, a stalled consumer, a timeout): one line.
             self.log.error(

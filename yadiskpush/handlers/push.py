@@ -14,6 +14,7 @@ from yadiskpush.delivery.pipeline import (
     DEFAULT_MAX_WAITING,
     Deliver,
     DeliveryPipeline,
+    PipelineObserver,
     errorAnswer,
 )
 from yadiskpush.handlers.guard import answersExactlyOnce, sendAnswer
@@ -41,7 +42,9 @@ class PushHandler(XMPPHandler):
     the account this handler serves, so that a consumer of many accounts can
     tell them apart.
 
-    Usable on its own in any wokkel ``StreamManager``.
+    Usable on its own in any wokkel ``StreamManager``. ``pipelineObserver``
+    (metrics) is given to the pipeline of each stream, and to the current
+    one when set with :meth:`setPipelineObserver`.
     """
 
     _log = Logger()
@@ -55,6 +58,7 @@ class PushHandler(XMPPHandler):
         maxWaiting: int = DEFAULT_MAX_WAITING,
         *,
         login: str = "",
+        pipelineObserver: PipelineObserver | None = None,
     ) -> None:
         super().__init__()
         if clock is None:
@@ -64,6 +68,7 @@ class PushHandler(XMPPHandler):
         self.deliveryTimeout = deliveryTimeout
         self.maxWaiting = maxWaiting
         self.login = login
+        self.pipelineObserver = pipelineObserver
         self.pipeline: DeliveryPipeline | None = None
         self._accepted: tuple[str, ...] = ()
         if log is not None:
@@ -78,6 +83,7 @@ class PushHandler(XMPPHandler):
             self._log,
             timeout=self.deliveryTimeout,
             maxWaiting=self.maxWaiting,
+            observer=self.pipelineObserver,
         )
         self._accepted = _acceptedSenders(xs)
         # Pushes are nearly all the traffic: on our stream they skip the
@@ -87,6 +93,12 @@ class PushHandler(XMPPHandler):
         if routeStanzas is not None:
             routeStanzas("iq", "set", NS_DISK_PUSH, self.onIQSet)
         xs.addObserver(IQ_SET, self.onIQSet)
+
+    def setPipelineObserver(self, observer: PipelineObserver | None) -> None:
+        """Tell ``observer`` of the pushes of this stream and every next one."""
+        self.pipelineObserver = observer
+        if self.pipeline is not None:
+            self.pipeline.observer = observer
 
     def connectionLost(self, reason: object) -> None:
         if self.pipeline is not None:
