@@ -15,6 +15,8 @@ import random as _random
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
@@ -203,8 +205,11 @@ class RedisConnection:
         self._attempt = None
         if self._stopping:
             return
-        self._noteFailure(self._reason(failure))
         protocol = self.protocol
+        if protocol is not None and protocol.lostFailure is not None:
+            # Why the connection ended says more than "lost before the reply".
+            failure = protocol.lostFailure
+        self._noteFailure(self._reason(failure))
         if protocol is not None and not protocol.lost:
             # AUTH or onReady failed on an open connection: close it; _lost
             # schedules the retry once it is gone.
@@ -226,15 +231,18 @@ class RedisConnection:
         self._scheduleRetry()
 
     def _reason(self, failure: Failure) -> str:
+        host = self.address.host
         problem = self._connector.verifyProblem() if self._connector else None
         if problem is not None:
-            return f"TLS with {self.address.host} failed: {problem}"
-        message = failure.getErrorMessage() or failure.type.__name__
-        if self.address.tls and "certificate" in message.lower():
+            return f"TLS with {host} failed: {problem}"
+        if failure.check(VerificationError):
             return (
-                f"TLS with {self.address.host} failed: {message} (the certificate "
-                "must be valid for the host name dialled; check --redis-ca-file)"
+                f"TLS with {host} failed: the certificate is not valid for the "
+                "host name dialled (check the host of --redis)"
             )
+        message = failure.getErrorMessage() or failure.type.__name__
+        if failure.check(SSL.Error):
+            return f"TLS with {host} failed: {message}"
         return message
 
     def _noteFailure(self, reason: str) -> None:

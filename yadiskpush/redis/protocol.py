@@ -172,8 +172,9 @@ class RedisProtocol(Protocol):
         self.whenLost: defer.Deferred[Failure] = defer.Deferred()
         self.lost = False
         self.timedOut = False
-        #: Why the connection ended, in words (once it has).
+        #: Why the connection ended, in words and as it came (once it has).
         self.lostBecause = ""
+        self.lostFailure: Failure | None = None
 
     @property
     def inFlight(self) -> int:
@@ -233,6 +234,7 @@ class RedisProtocol(Protocol):
         self._timer = None
         why = getattr(self, "_abortReason", None) or reason.getErrorMessage()
         self.lostBecause = why
+        self.lostFailure = reason
         waiting, self._waiting = self._waiting, deque()
         for d in waiting:
             d.errback(RedisConnectionLost(why))
