@@ -10,13 +10,16 @@ import os
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, formatEvent
 
 from tests.integration.support import LOGIN, LocalServerTestCase
 from tests.integration.webhookreceiver import HOLD, WebhookReceiver
+from tests.test_webhook_signing import notification
 from yadiskpush.application import PushApplication
 from yadiskpush.delivery.journal import Journal
 from yadiskpush.delivery.sinks.webhook import WEBHOOK_JOURNAL_NAME, WebhookSink
+from yadiskpush.localserver.ca import CertificateAuthority
+from yadiskpush.logs import Logger
 from yadiskpush.service import PushService
 from yadiskpush.webhooks.retry import RetryPolicy
 
@@ -155,3 +158,45 @@ class WebhookEndToEndTests(LocalServerTestCase):
         self.assertEqual([r.data["id"] for r in accepted], [a["id"] for a in answers])
         self.assertEqual(accepted[0].headers["webhook-id"], sentIds[0])
         self.assertEqual(journal.count, 0)
+
+
+class WebhookTLSTests(LocalServerTestCase):
+    """https:// is verified against the host in the URL and the CA file."""
+
+    @defer.inlineCallbacks
+    def test_httpsVerifiedAgainstCAFile(self) -> Steps:
+        """A receiver whose certificate names the host and chains to
+        --ca-file gets the push; the same receiver dialled by an address the
+        certificate does not name gets nothing, and the log says why."""
+        ca = CertificateAuthority.generate()
+        caFile = str(ca.writeCACertificate(os.path.join(self.directory, "ca.pem")))
+        receiver = WebhookReceiver(SECRET)
+        url = receiver.listen(ca.issueServerCertificate(["localhost"]))
+        self.addCleanup(receiver.stop)
+        sink = WebhookSink(url, SECRET, reactor, Journal(None, reactor), caFile=caFile)
+        self.addCleanup(sink.close)
+        yield sink.deliver(notification(stanzaId="over-tls"))
+        [request] = receiver.accepted
+        self.assertEqual(request.data["id"], "over-tls")
+
+        wrongHost = url.replace("localhost", "127.0.0.1")
+        warned: defer.Deferred[str] = defer.Deferred()
+
+        def observe(event: dict[str, Any]) -> None:
+            if event["log_level"] == LogLevel.warn and not warned.called:
+                reactor.callLater(0, warned.callback, formatEvent(event))
+
+        other = WebhookSink(
+            wrongHost,
+            SECRET,
+            reactor,
+            Journal(None, reactor),
+            caFile=caFile,
+            log=Logger(observer=observe),
+        )
+        self.addCleanup(other.close)
+        other.deliver(notification(stanzaId="wrong-host")).addErrback(lambda _: None)
+        line = yield warned
+        self.assertIn("did not accept", line)
+        self.assertIn("certificate does not name 127.0.0.1", line)
+        self.assertEqual(len(receiver.requests), 1)

@@ -18,6 +18,8 @@ from twisted.internet import defer, reactor
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from yadiskpush.localserver.ca import ServerCertificate
+
 EXAMPLE = (
     Path(__file__).resolve().parents[2]
     / "docs"
@@ -76,12 +78,20 @@ class WebhookReceiver(Resource):
         self._waiters: list[tuple[int, bool, defer.Deferred[list[Received]]]] = []
         self.port: Any = None
 
-    def listen(self) -> str:
-        """Listen on a free loopback port; return the URL."""
+    def listen(self, tls: ServerCertificate | None = None) -> str:
+        """
+        Listen on a free loopback port, over TLS with ``tls``; return the
+        URL (``https://localhost:PORT/hook`` with TLS).
+        """
         site = Site(self)
         site.noisy = False
-        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
-        return f"http://127.0.0.1:{self.port.getHost().port}/hook"
+        if tls is None:
+            self.port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+            return f"http://127.0.0.1:{self.port.getHost().port}/hook"
+        self.port = reactor.listenSSL(  # type: ignore[attr-defined]
+            0, site, tls.serverOptions(), interface="127.0.0.1"
+        )
+        return f"https://localhost:{self.port.getHost().port}/hook"
 
     def stop(self) -> defer.Deferred[None]:
         for _, request in self.held:
