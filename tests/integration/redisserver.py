@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import SkipTest
@@ -248,16 +249,26 @@ def startRedis(testCase: Any, **kwargs: Any) -> RedisServer:
     return server
 
 
-@pytest.fixture
-def redisServer(tmp_path: Path) -> Iterator[RedisServer]:
-    """A started plain :class:`RedisServer`, stopped after the test."""
-    try:
-        redisServerPath()
-    except SkipTest as e:
-        pytest.skip(str(e))
-    server = RedisServer(tmp_path / "redis")
+@contextmanager
+def runningRedis(directory: str | Path, **kwargs: Any) -> Iterator[RedisServer]:
+    """A started :class:`RedisServer` in ``directory``, stopped on exit."""
+    server = RedisServer(directory, **kwargs)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redisServer(tmp_path: Path) -> Iterator[RedisServer]:
+    """
+    A started plain :class:`RedisServer`, stopped after the test (import
+    this fixture into a test module, or use :func:`runningRedis`).
+    """
+    try:
+        redisServerPath()
+    except SkipTest as e:
+        pytest.skip(str(e))
+    with runningRedis(tmp_path / "redis") as server:
+        yield server
