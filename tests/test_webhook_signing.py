@@ -9,6 +9,7 @@ import base64
 import json
 import os
 
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
@@ -18,6 +19,7 @@ from yadiskpush.webhooks.signing import (
     WebhookSecretError,
     WebhookVerificationError,
     parseWebhookSecret,
+    readWebhookSecret,
     readWebhookSecretFile,
     sign,
     verify,
@@ -127,6 +129,17 @@ class SecretFileTests(SynchronousTestCase):
         _, warnings = readWebhookSecretFile(path)
         self.assertEqual(len(warnings), 1)
         self.assertIn(f"chmod 600 {path}", warnings[0])
+
+    def test_readWebhookSecretLogsWarnings(self) -> None:
+        """readWebhookSecret returns the key and logs the file's warnings."""
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        path = self.write(VECTOR_SECRET.encode(), 0o640)
+        self.assertEqual(readWebhookSecret(path), parseWebhookSecret(VECTOR_SECRET))
+        [warning] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("can be read by other users", warning)
+        self.assertNotIn(VECTOR_SECRET[6:], warning)
 
     def test_refusesWithoutPrefix(self) -> None:
         """A file not written whsec_<base64> is refused without quoting it."""

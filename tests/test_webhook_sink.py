@@ -16,12 +16,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tests.test_webhook_signing import notification
-from yadiskpush.delivery.journal import Entry
+from yadiskpush.delivery.journal import Entry, JournalError
 from yadiskpush.delivery.sinks.base import DeliveryFailed
 from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
 from yadiskpush.delivery.sinks.webhook import WebhookSink
+from yadiskpush.errors import ConfigurationError
 from yadiskpush.logs import Logger
 from yadiskpush.webhooks.retry import RetryPolicy
+from yadiskpush.webhooks.sender import checkWebhookURL
 from yadiskpush.webhooks.signing import verify
 
 SECRET = b"s" * 32
@@ -98,6 +100,37 @@ class MemoryJournal:
 
     def pushIds(self) -> list[str]:
         return [json.loads(e.line)["id"] for e in sorted(self.entries.values())]
+
+
+class FailingJournal(MemoryJournal):
+    """A journal whose disk is full."""
+
+    def append(self, line: bytes, login: str = "") -> defer.Deferred[int]:
+        return defer.fail(JournalError("disk full"))
+
+
+class URLTests(SynchronousTestCase):
+    def test_httpElsewhereWarns(self) -> None:
+        """http:// to another machine is allowed with a warning; to this one, not."""
+        _, warnings = checkWebhookURL("http://hooks.example/x?key=secret")
+        [warning] = warnings
+        self.assertIn("unencrypted", warning)
+        self.assertNotIn("secret", warning)
+        self.assertEqual(checkWebhookURL("http://127.0.0.1:8080/")[1], [])
+        self.assertEqual(checkWebhookURL("https://hooks.example/")[1], [])
+
+    def test_refused(self) -> None:
+        """Credentials in the URL, other schemes and bad ports are refused."""
+        for url, words in [
+            ("https://user:pw@hooks.example/", "user name or password"),
+            ("ftp://hooks.example/", "https://"),
+            ("https:///path", "https://"),
+            ("https://hooks.example:99999/", "not a valid URL"),
+        ]:
+            with self.assertRaises(ConfigurationError) as caught:
+                checkWebhookURL(url)
+            self.assertIn(words, str(caught.exception))
+            self.assertNotIn("pw", str(caught.exception).replace("password", ""))
 
 
 class WebhookSinkTests(SynchronousTestCase):
@@ -301,6 +334,24 @@ class WebhookSinkTests(SynchronousTestCase):
         self.assertEqual(len(endpoint.requests), sent)
         self.failureResultOf(sink.deliver(notification()), DeliveryFailed)
         self.assertIn("stay journaled", self.messages(LogLevel.info)[-1])
+
+    def test_journalFailureRefusesPush(self) -> None:
+        """A push that cannot be journaled at its handoff timeout is refused
+        (not acked) and leaves the line, even while being sent; the next one
+        goes out once that attempt ends, and push-1 is not sent again."""
+        endpoint = Endpoint([None, 200])
+        sink = self.makeSink(endpoint, FailingJournal(), handoffTimeout=10.0)
+        first = sink.deliver(notification(stanzaId="push-1"))
+        self.clock.advance(10.0)
+        failure = self.failureResultOf(first, DeliveryFailed)
+        self.assertIn("could not journal", str(failure.value))
+        self.assertEqual(sink.queueDepth, 0)
+        self.assertIn("disk full", self.messages(LogLevel.error)[0])
+        second = sink.deliver(notification(stanzaId="push-2"))
+        self.assertEqual(sink.queueDepth, 1)
+        self.clock.advance(5.0)  # the held attempt at push-1 times out
+        self.assertEqual(endpoint.pushIds(), ["push-1", "push-2"])
+        self.successResultOf(second)
 
     def test_closeDuringAttempt(self) -> None:
         """close() during an attempt abandons it and finishes at once."""

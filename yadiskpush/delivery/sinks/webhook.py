@@ -174,7 +174,9 @@ class WebhookSink:
     @property
     def queueDepth(self) -> int:
         """Pushes held in memory or journaled, not yet accepted."""
-        return sum(1 for item in self._items if not item.done)
+        # Only the first item can be done and still in line (given up on
+        # while it was being sent); every other is taken out at once.
+        return len(self._items) - (1 if self._items and self._items[0].done else 0)
 
     def whenEmpty(self) -> Deferred[None]:
         """
@@ -267,7 +269,11 @@ class WebhookSink:
         if self._starting is None:
             self.start()
         line = encodeJSONLine(notification)
-        item = _Item(messageFromLine(line), line, Deferred())
+        try:
+            message = messageFromLine(line)
+        except ValueError as e:
+            return defer.fail(DeliveryFailed(notification.stanzaId, str(e)))
+        item = _Item(message, line, Deferred())
         self._items.append(item)
         if self._ready and self.journal.count > 0:
             self._journalItem(item)
