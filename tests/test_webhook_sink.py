@@ -19,7 +19,7 @@ from tests.test_webhook_signing import notification
 from yadiskpush.delivery.journal import Entry, JournalError
 from yadiskpush.delivery.sinks.base import DeliveryFailed
 from yadiskpush.delivery.sinks.jsonlines import encodeJSONLine
-from yadiskpush.delivery.sinks.webhook import WebhookSink
+from yadiskpush.delivery.sinks.webhook import WebhookSink, handoffTimeoutFor
 from yadiskpush.errors import ConfigurationError
 from yadiskpush.logs import Logger
 from yadiskpush.webhooks.retry import RetryPolicy
@@ -107,6 +107,13 @@ class FailingJournal(MemoryJournal):
 
     def append(self, line: bytes, login: str = "") -> defer.Deferred[int]:
         return defer.fail(JournalError("disk full"))
+
+
+class HandoffTimeoutTests(SynchronousTestCase):
+    def test_beforeDeliveryTimeout(self) -> None:
+        """Five seconds before the delivery timeout, never under half of it."""
+        self.assertEqual(handoffTimeoutFor(60.0), 55.0)
+        self.assertEqual(handoffTimeoutFor(6.0), 3.0)
 
 
 class URLTests(SynchronousTestCase):

@@ -52,6 +52,19 @@ WEBHOOK_JOURNAL_NAME = "webhook-journal.sqlite3"
 #: Seconds :meth:`WebhookSink.close` waits for the journal to close.
 DEFAULT_CLOSE_GRACE = 5.0
 
+#: Seconds left, before the delivery timeout, to journal a push.
+HANDOFF_MARGIN = 5.0
+
+
+def handoffTimeoutFor(deliveryTimeout: float) -> float:
+    """
+    The ``handoffTimeout`` for a pipeline whose ``--delivery-timeout`` is
+    ``deliveryTimeout``: :data:`HANDOFF_MARGIN` seconds earlier, so that the
+    journal's write (an fsync) ends before the pipeline gives up on the
+    push, but never less than half of it.
+    """
+    return max(deliveryTimeout - HANDOFF_MARGIN, deliveryTimeout / 2)
+
 
 class _Item:
     """One push in line: its message, its ack, and its journal entry."""
