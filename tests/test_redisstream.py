@@ -106,6 +106,24 @@ class URLTests(SynchronousTestCase):
         )
         self.assertIn("--redis-password-file", str(e))
 
+    def test_caFileChecked(self) -> None:
+        e = self.assertRaises(
+            ConfigurationError,
+            RedisStreamSink,
+            parseRedisURL("rediss://host"),
+            Clock(),
+            caFile=self.mktemp(),
+        )
+        self.assertIn("cannot read the CA file", str(e))
+        e = self.assertRaises(
+            ConfigurationError,
+            RedisStreamSink,
+            parseRedisURL("redis://host"),
+            Clock(),
+            caFile=self.mktemp(),
+        )
+        self.assertIn("rediss://", str(e))
+
 
 class RESPTests(SynchronousTestCase):
     def test_encode(self) -> None:

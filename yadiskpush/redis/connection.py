@@ -76,6 +76,7 @@ class RedisConnection:
         ``None``.
     :param endpoint: makes the endpoint of each attempt; by default TCP (and
         TLS for ``rediss://``) to the address.
+    :raises ConfigurationError: if the CA file is unusable.
     """
 
     _log = Logger()
@@ -105,6 +106,9 @@ class RedisConnection:
         if log is not None:
             self._log = log
         self._tlsContexts = tlsContexts or TLSContexts()
+        if address.tls:
+            # An unusable CA file is a ConfigurationError now, not a retry loop.
+            self._tlsContexts.contextFor(caFile)
         self._makeEndpoint = endpoint or self._defaultEndpoint
         self._connector: VerifyingConnector | None = None
         self.protocol: RedisProtocol | None = None
@@ -123,9 +127,6 @@ class RedisConnection:
         if self._started:
             return
         self._started = True
-        if self.address.tls:
-            # An unusable CA file is a ConfigurationError now, not a retry loop.
-            self._tlsContexts.contextFor(self.caFile)
         self._connect()
 
     def stop(self) -> defer.Deferred[None]:

@@ -151,8 +151,9 @@ class RedisStreamSink:
     :param scanLimit: entries read at most to settle uncertain ``XADD``\\ s.
     :param endpoint: makes each connection's endpoint (tests).
     :param random: the jitter's random source (tests).
-    :raises ConfigurationError: if the password file is unreadable, or the
-        URL names a user and no password file is given.
+    :raises ConfigurationError: if the password file or the CA file is
+        unusable, a CA file comes with a plain ``redis://`` URL, or the URL
+        names a user and no password file is given.
     """
 
     _log = Logger()
@@ -182,6 +183,10 @@ class RedisStreamSink:
             raise ConfigurationError(
                 f"--redis names the user {address.username!r}: give its password "
                 "with --redis-password-file"
+            )
+        if caFile is not None and not address.tls:
+            raise ConfigurationError(
+                "--redis-ca-file is for TLS: use a rediss:// URL with it"
             )
         password = None if passwordFile is None else readPasswordFile(passwordFile)
         if log is not None:
