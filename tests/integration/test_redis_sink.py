@@ -19,11 +19,18 @@ from twisted.logger import LogLevel, formatEvent
 
 from tests.integration.redisserver import RedisServer, startRedis
 from tests.integration.support import LOGIN
-from tests.integration.test_pushes import PushTestCase, attributesFor, childrenFor
+from tests.integration.test_pushes import (
+    PushTestCase,
+    attributesFor,
+    childrenFor,
+    stopApplication,
+)
 from tests.test_sinks_execute import LogRecorder
+from yadiskpush.application import PushApplication
 from yadiskpush.delivery.sinks.redisstream import RedisStreamSink, parseRedisURL
 from yadiskpush.localserver import NoAnswer
 from yadiskpush.logs import Logger
+from yadiskpush.service import PushService
 
 Steps = Generator[defer.Deferred[Any], Any, None]
 
@@ -172,3 +179,32 @@ class RedisSinkTests(PushTestCase):
         self.assertEqual(len(recorder.matching(isLevel(LogLevel.error, ""))), 1)
         self.assertEqual(sink.queueDepth, 0)
         self.assertTrue(sink.connected)
+
+
+class ResendTests(PushTestCase):
+    @defer.inlineCallbacks
+    def test_resentWhileXADDSlowWrittenOnce(self) -> Steps:
+        """XADD stalls past the delivery timeout: the push is refused; Redis
+        answers before the server sends it again, and the copy is
+        acknowledged at once from memory, without a second XADD."""
+        redis = startRedis(self)
+        sink = RedisStreamSink(parseRedisURL(redis.url), reactor)
+        server = yield self.startServer(redeliverDelay=1.0)
+        settings = self.settingsFor(server, deliveryTimeout=0.3)
+        app = PushApplication(PushService(settings, reactor=reactor), [sink])
+        app.startService()
+        self.addCleanup(stopApplication, app)
+        yield server.whenSubscribed(1)
+        first = server.enqueue(LOGIN, attributesFor(1), childrenFor(1))
+        yield server.whenAllAcked(LOGIN)
+        # Writes wait 0.6 s: past the delivery timeout (0.3 s), and done
+        # before the server sends the refused push again (1.3 s).
+        redis.command("CLIENT", "PAUSE", 600, "WRITE")
+        slow = server.enqueue(LOGIN, attributesFor(2), childrenFor(2))
+        yield server.whenAllAcked(LOGIN)
+        record = server.pushRecord(slow)
+        self.assertEqual(record.timesRefused, 1)
+        self.assertEqual(record.timesAcked, 1)
+        self.assertEqual(
+            [fields["id"] for _, fields in redis.xrange("yadiskpush")], [first, slow]
+        )
