@@ -172,6 +172,7 @@ class RedisProtocol(Protocol):
         self.whenLost: defer.Deferred[Failure] = defer.Deferred()
         self.lost = False
         self.timedOut = False
+        self._abortReason: str | None = None
         #: Why the connection ended, in words and as it came (once it has).
         self.lostBecause = ""
         self.lostFailure: Failure | None = None
@@ -232,7 +233,7 @@ class RedisProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        why = getattr(self, "_abortReason", None) or reason.getErrorMessage()
+        why = self._abortReason or reason.getErrorMessage()
         self.lostBecause = why
         self.lostFailure = reason
         waiting, self._waiting = self._waiting, deque()
