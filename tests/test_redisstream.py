@@ -70,7 +70,7 @@ class URLTests(SynchronousTestCase):
     def test_badURLs(self) -> None:
         for url, words in [
             ("http://host", "redis:// or rediss://"),
-            ("unix:///tmp/redis.sock", "redis:// or rediss://"),
+            ("unix:///run/redis/redis.sock", "redis:// or rediss://"),
             ("redis://", "no host"),
             ("redis://host:99999", "port"),
             ("redis://host:0", "port"),
