@@ -26,7 +26,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from yadiskpush.errors import ConfigurationError
+from yadiskpush.errors import ConfigurationError, ServiceStopped
 from yadiskpush.logs import Logger
 
 #: The text format every Prometheus server reads. prometheus-client 0.26
@@ -200,7 +200,7 @@ class MetricsService(service.Service):
         elif not self.running:
             # Stopped while the endpoint was still setting up.
             result.stopListening()
-            return
+            result = Failure(ServiceStopped())
         else:
             self.port = result
             self._log.info(
@@ -217,7 +217,9 @@ class MetricsService(service.Service):
     def whenListening(self) -> defer.Deferred[IListeningPort]:
         """
         Fire with the listening port once listening (now, if so); fail with
-        :class:`MetricsListenError` if it cannot.
+        :class:`MetricsListenError` if it cannot (the service has logged
+        that one line already), with
+        :class:`~yadiskpush.errors.ServiceStopped` if stopped first.
         """
         if self._outcome is not None:
             if isinstance(self._outcome, Failure):
