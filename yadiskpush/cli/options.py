@@ -299,6 +299,67 @@ class Options(usage.Options):
             _positiveInteger,
         ],
         [
+            "redis",
+            None,
+            None,
+            "Add each notification to a Redis stream (redis://HOST[:PORT][/DB] or "
+            "rediss:// for TLS; a user name may be in the URL, the password not).",
+        ],
+        ["redis-stream", None, "yadiskpush", "The stream --redis adds to."],
+        [
+            "redis-maxlen",
+            None,
+            1_000_000,
+            "Trim the stream to about this many entries (MAXLEN ~).",
+            _positiveInteger,
+        ],
+        [
+            "redis-password-file",
+            None,
+            None,
+            "File whose first line is the Redis password (AUTH).",
+        ],
+        [
+            "redis-ca-file",
+            None,
+            None,
+            "PEM file of CAs to trust for rediss:// instead of the system's.",
+        ],
+        [
+            "webhook",
+            None,
+            None,
+            "POST each notification to this URL, signed as Standard Webhooks "
+            "specify (needs --webhook-secret-file).",
+        ],
+        [
+            "webhook-secret-file",
+            None,
+            None,
+            "File holding the webhook signing secret, whsec_ and base64.",
+        ],
+        [
+            "webhook-ca-file",
+            None,
+            None,
+            "PEM file of CAs to trust for an https:// --webhook instead of the "
+            "system's.",
+        ],
+        [
+            "webhook-timeout",
+            None,
+            15.0,
+            "Give up one webhook attempt after this many seconds (it is retried).",
+            _positiveSeconds,
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics (Prometheus), /livez and /readyz on this Twisted "
+            "endpoint, e.g. tcp:9108:interface=127.0.0.1.",
+        ],
+        [
             "shard",
             None,
             None,
@@ -310,8 +371,9 @@ class Options(usage.Options):
             "state-dir",
             None,
             None,
-            "Directory of the --exec journal, which keeps acked pushes until the "
-            "command has run (default: $STATE_DIRECTORY, else "
+            "Directory of the --exec and --webhook journals, which keep acked "
+            "pushes until the command has run or the endpoint took them (default: "
+            "$STATE_DIRECTORY, else "
             "$XDG_STATE_HOME/yadiskpush, else ~/.local/state/yadiskpush).",
         ],
         [
@@ -382,6 +444,10 @@ class Options(usage.Options):
         #: What --token-file holds (JSON or a plain token), once read.
         self.tokenFile: TokenFile | None = None
         self.environ: dict[str, str] = dict(os.environ)
+        #: --redis, parsed (a RedisAddress), and --webhook-secret-file's
+        #: secret, once read.
+        self.redisAddress: Any = None
+        self.webhookSecret: bytes | None = None
 
     def opt_version(self) -> None:
         """Show the versions of yadiskpush, Twisted and wokkel, and exit."""
@@ -414,6 +480,7 @@ class Options(usage.Options):
         """Build the :class:`Settings`, or fail with one clear sentence."""
         try:
             self._checkOutput()
+            self._checkRemoteOutputs()
             if not self["demo"]:
                 from yadiskpush.systemd import credentialDefaults
 
@@ -449,7 +516,8 @@ class Options(usage.Options):
         # The journal lives there: a bad directory, or a corrupt or locked
         # journal, is a usage error now rather than refused pushes later.
         # The demo's pushes are not journaled (see buildSinks).
-        if self["state-dir"] or (self["exec"] and not self["demo"]):
+        journaled = (self["exec"] or self["webhook"]) and not self["demo"]
+        if self["state-dir"] or journaled:
             from yadiskpush.delivery.journal import JOURNAL_NAME, checkJournal
             from yadiskpush.statedir import ensureStateDir, resolveStateDir
 
@@ -457,6 +525,10 @@ class Options(usage.Options):
             self["state-dir"] = str(stateDir)
             if self["exec"] and not self["demo"]:
                 checkJournal(stateDir / JOURNAL_NAME)
+            if self["webhook"] and not self["demo"]:
+                from yadiskpush.delivery.sinks.webhook import WEBHOOK_JOURNAL_NAME
+
+                checkJournal(stateDir / WEBHOOK_JOURNAL_NAME)
         if self["ca-file"]:
             from yadiskpush.connection.tls import loadTrustRoot
 
@@ -475,6 +547,67 @@ class Options(usage.Options):
                 raise ConfigurationError(
                     f"cannot write --json-out {path}: {e.strerror or e}"
                 ) from None
+
+    def _checkRemoteOutputs(self) -> None:
+        """
+        --redis, --webhook and --metrics: everything that can be checked
+        before the reactor runs (the URL, the secret, the endpoint) is, so a
+        mistake is a usage error now and not refused pushes later.
+        """
+        if self["redis"]:
+            from yadiskpush.redis.address import parseRedisURL
+
+            self.redisAddress = parseRedisURL(self["redis"])
+            if self["redis-password-file"]:
+                from yadiskpush.redis.address import readPasswordFile
+
+                # The sink reads it again; read now so that a wrong path is
+                # a usage error and not a failure in makeService.
+                readPasswordFile(self["redis-password-file"])
+            elif self.redisAddress.username:
+                raise ConfigurationError(
+                    f"--redis names the user {self.redisAddress.username!r}: give "
+                    "its password with --redis-password-file"
+                )
+            if self["redis-ca-file"]:
+                if not self.redisAddress.tls:
+                    raise ConfigurationError(
+                        "--redis-ca-file verifies TLS: use a rediss:// URL"
+                    )
+                from yadiskpush.connection.tls import loadTrustRoot
+
+                loadTrustRoot(self["redis-ca-file"])
+        else:
+            for dependent in ("redis-password-file", "redis-ca-file"):
+                if self[dependent]:
+                    raise ConfigurationError(f"--{dependent} needs --redis URL")
+        if self["webhook"]:
+            from yadiskpush.webhooks.sender import checkWebhookURL
+            from yadiskpush.webhooks.signing import readWebhookSecretFile
+
+            if not self["webhook-secret-file"]:
+                raise ConfigurationError(
+                    "--webhook needs --webhook-secret-file PATH: a file of one "
+                    "line, whsec_ and base64, the secret the receiver checks "
+                    "signatures with"
+                )
+            _, urlWarnings = checkWebhookURL(self["webhook"])
+            self.webhookSecret, secretWarnings = readWebhookSecretFile(
+                self["webhook-secret-file"]
+            )
+            self.warnings += urlWarnings + secretWarnings
+            if self["webhook-ca-file"]:
+                from yadiskpush.connection.tls import loadTrustRoot
+
+                loadTrustRoot(self["webhook-ca-file"])
+        else:
+            for dependent in ("webhook-secret-file", "webhook-ca-file"):
+                if self[dependent]:
+                    raise ConfigurationError(f"--{dependent} needs --webhook URL")
+        if self["metrics"]:
+            from yadiskpush.metrics.http import checkEndpoint
+
+            checkEndpoint(self["metrics"])
 
     def _readAccounts(self) -> None:
         from yadiskpush.accounts import readAccounts
@@ -589,29 +722,80 @@ def buildSinks(options: Options, reactor: Any) -> list[Any]:
     if options["json-out"]:
         sinks.append(JSONLinesSink(options["json-out"]))
     if options["exec"]:
-        from yadiskpush.delivery.journal import JOURNAL_NAME, Journal
-        from yadiskpush.statedir import resolveStateDir
+        from yadiskpush.delivery.journal import JOURNAL_NAME
 
-        if options["demo"]:
-            # In memory: demo pushes must never reach the command of a
-            # later real run.
-            journal = Journal(None, reactor)
-        else:
-            stateDir = resolveStateDir(options["state-dir"], options.environ)
-            journal = Journal(stateDir / JOURNAL_NAME, reactor)
         execSink = ExecSink(
             options["exec"],
             options["exec-timeout"],
             reactor=reactor,
-            journal=journal,
+            journal=_journalOf(options, reactor, JOURNAL_NAME),
             maxJobs=options["exec-jobs"],
             debounce=options["exec-debounce"],
             maxDelay=options["exec-max-delay"],
         )
         sinks.append(execSink)
+    if options["redis"]:
+        sinks.append(buildRedisSink(options, reactor))
+    if options["webhook"]:
+        sinks.append(buildWebhookSink(options, reactor))
     if LOG_LEVELS.index(logLevelOf(options)) <= LOG_LEVELS.index("info"):
         sinks.append(LogSink())
     return sinks
+
+
+def _journalOf(options: Options, reactor: Any, name: str) -> Any:
+    """
+    The journal ``name`` in the state directory; in memory for the demo,
+    whose pushes must never reach the outputs of a later real run.
+    """
+    from yadiskpush.delivery.journal import Journal
+    from yadiskpush.statedir import resolveStateDir
+
+    if options["demo"]:
+        return Journal(None, reactor)
+    stateDir = resolveStateDir(options["state-dir"], options.environ)
+    return Journal(stateDir / name, reactor)
+
+
+def buildRedisSink(options: Options, reactor: Any) -> Any:
+    """The --redis sink, on the address checked when the options were parsed."""
+    from yadiskpush.delivery.sinks.redisstream import RedisStreamSink
+
+    return RedisStreamSink(
+        options.redisAddress,
+        reactor,
+        stream=options["redis-stream"],
+        maxlen=options["redis-maxlen"],
+        passwordFile=options["redis-password-file"],
+        caFile=options["redis-ca-file"],
+    )
+
+
+def buildWebhookSink(options: Options, reactor: Any) -> Any:
+    """
+    The --webhook sink, verified with ``--webhook-ca-file`` if given. Else
+    ``--ca-file`` verifies it only when it is on this machine (the local
+    stand-ins' CA); any other endpoint is verified with the system's CAs, as
+    the OAuth server is.
+    """
+    from yadiskpush.delivery.sinks.webhook import (
+        WEBHOOK_JOURNAL_NAME,
+        WebhookSink,
+        handoffTimeoutFor,
+    )
+    from yadiskpush.oauth.refresh import caFileForOAuth
+
+    assert options.webhookSecret is not None
+    return WebhookSink(
+        options["webhook"],
+        options.webhookSecret,
+        reactor,
+        _journalOf(options, reactor, WEBHOOK_JOURNAL_NAME),
+        timeout=options["webhook-timeout"],
+        handoffTimeout=handoffTimeoutFor(options["delivery-timeout"]),
+        caFile=options["webhook-ca-file"]
+        or caFileForOAuth(options["webhook"], options["ca-file"]),
+    )
 
 
 def buildTokenRefresher(options: Options, reactor: Any) -> TokenRefresher | None:
@@ -684,7 +868,13 @@ def makeService(options: Options) -> service.IService:
 
         [execSink] = [s for s in sinks if isinstance(s, ExecSink)]
         onFirstSubscription = execSink.runOnStart
-    return PushApplication(
+    metrics = None
+    if options["metrics"]:
+        from yadiskpush.metrics import FleetMetrics
+
+        metrics = FleetMetrics(fleet, reactor)
+        sinks = [metrics.instrument(sink) for sink in sinks]
+    application = PushApplication(
         fleet,
         sinks,
         reactor=reactor,
@@ -694,3 +884,43 @@ def makeService(options: Options) -> service.IService:
         shard=options["shard"],
         notifier=SystemdNotifier.fromEnvironment(options.environ, reactor),
     )
+    if metrics is None:
+        return application
+    return withMetricsEndpoint(
+        application, options["metrics"], metrics, exitStatus, reactor
+    )
+
+
+def withMetricsEndpoint(
+    application: service.IService,
+    description: str,
+    metrics: Any,
+    exitStatus: Any,
+    reactor: Any,
+) -> service.IService:
+    """
+    ``application`` beside the ``--metrics`` endpoint, started before it and
+    stopped after it. An endpoint that cannot listen (the port in use) has
+    logged its one line; the process then exits 78, as for any other
+    configuration that cannot work.
+    """
+    from yadiskpush.application import EXIT_CONFIG
+    from yadiskpush.errors import ServiceStopped
+    from yadiskpush.metrics import MetricsListenError, MetricsService
+
+    top = service.MultiService()
+    served = MetricsService(description, metrics, metrics.readiness, reactor)
+    served.setServiceParent(top)
+    application.setServiceParent(top)
+
+    def cannotServe(reason: Any) -> None:
+        if reason.check(MetricsListenError):
+            exitStatus.code = EXIT_CONFIG
+            if reactor.running:
+                reactor.stop()
+            return None
+        reason.trap(ServiceStopped)
+        return None
+
+    served.whenListening().addErrback(cannotServe)
+    return top
