@@ -169,6 +169,35 @@ class WebhookSinkTests(SynchronousTestCase):
     def messages(self, level: LogLevel) -> list[str]:
         return [formatEvent(e) for e in self.events if e["log_level"] == level]
 
+    def test_resentPushNotPostedAgain(self) -> None:
+        """
+        A push the server sends again after it was accepted (its ack lost on
+        a reconnect) is acknowledged at once, without a second POST; the
+        memory is bounded, and a push it forgot is POSTed again (with the
+        same webhook-id).
+        """
+        endpoint = Endpoint()
+        sink = self.makeSink(endpoint, remember=1)
+        self.successResultOf(sink.deliver(notification(stanzaId="push-1")))
+        self.successResultOf(sink.deliver(notification(stanzaId="push-1")))
+        self.assertEqual(endpoint.pushIds(), ["push-1"])
+        self.successResultOf(sink.deliver(notification(stanzaId="push-2")))
+        self.successResultOf(sink.deliver(notification(stanzaId="push-1")))
+        self.assertEqual(endpoint.pushIds(), ["push-1", "push-2", "push-1"])
+        self.assertEqual(endpoint.ids()[0], endpoint.ids()[2])
+
+    def test_resentJournaledPushNotPostedAgain(self) -> None:
+        """A push journaled (acked) and re-sent is acked at once too."""
+        endpoint = Endpoint([None])
+        sink = self.makeSink(endpoint)
+        first = sink.deliver(notification(stanzaId="push-1"))
+        self.clock.advance(HANDOFF)
+        self.successResultOf(first)
+        self.assertEqual(self.journal.pushIds(), ["push-1"])
+        self.successResultOf(sink.deliver(notification(stanzaId="push-1")))
+        self.assertEqual(self.journal.pushIds(), ["push-1"])
+        self.assertEqual(endpoint.pushIds(), ["push-1"])
+
     def test_acceptedWithSignedHeaders(self) -> None:
         """A 2xx acks the push; the request is signed for its own moment."""
         endpoint = Endpoint()

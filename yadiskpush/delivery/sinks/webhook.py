@@ -29,7 +29,7 @@ the server keeps it), and the journal is kept for the next start.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from twisted.internet import defer
@@ -54,6 +54,10 @@ DEFAULT_CLOSE_GRACE = 5.0
 
 #: Seconds left, before the delivery timeout, to journal a push.
 HANDOFF_MARGIN = 5.0
+
+#: How many recently handed-over messages are remembered, so that a push
+#: the server sends again is acknowledged without a second POST.
+DEFAULT_REMEMBER = 100_000
 
 
 def handoffTimeoutFor(deliveryTimeout: float) -> float:
@@ -158,6 +162,7 @@ class WebhookSink:
         retryPolicy: RetryPolicy | None = None,
         agent: Any = None,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
+        remember: int = DEFAULT_REMEMBER,
     ) -> None:
         self.sender = WebhookSender(url, secret, reactor, timeout, caFile, agent)
         self.url = describeURL(url)
@@ -180,6 +185,11 @@ class WebhookSink:
         self._failures = 0
         self._journalingLogged = False
         self._emptyWaiters: list[Deferred[None]] = []
+        # webhook-ids accepted or journaled, oldest first: a push the
+        # server sends again (its ack was lost on a reconnect, or refused
+        # after a slow hand-off) is acknowledged at once, not POSTed again.
+        self._handedOver: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember
 
     def __repr__(self) -> str:
         return f"<WebhookSink {self.url}>"
@@ -286,6 +296,8 @@ class WebhookSink:
             message = messageFromLine(line)
         except ValueError as e:
             return defer.fail(DeliveryFailed(notification.stanzaId, str(e)))
+        if message.msgId in self._handedOver:
+            return defer.succeed(None)
         item = _Item(message, line, Deferred())
         self._items.append(item)
         if self._ready and self.journal.count > 0:
@@ -324,7 +336,7 @@ class WebhookSink:
             if item.done:
                 # Accepted (or refused for good) while it was being written.
                 self.journal.remove([entryId]).addErrback(self._removeFailed)
-            _fire(item.ack)
+            self._handOver(item)
             return entryId
 
         def failed(reason: Failure) -> None:
@@ -470,10 +482,18 @@ class WebhookSink:
             item.timer = None
         if was:
             return
-        _fire(item.ack)
+        self._handOver(item)
         if item.entryId is not None:
             self.journal.remove([item.entryId]).addErrback(self._removeFailed)
         # An entry still being written is removed once written (journaled()).
+
+    def _handOver(self, item: _Item) -> None:
+        """Acknowledge ``item`` (accepted, or journaled) and remember it."""
+        handedOver = self._handedOver
+        handedOver[item.message.msgId] = None
+        if len(handedOver) > self._remember:
+            handedOver.popitem(last=False)
+        _fire(item.ack)
 
     def _removeFailed(self, reason: Failure) -> None:
         # The entry comes back at the next start: delivered twice, with the
