@@ -320,6 +320,6 @@ class DeclaredInterfacesTests(SynchronousTestCase):
         from twisted.web.iweb import IBodyProducer
         from zope.interface.verify import verifyObject
 
-        from yadiskpush.oauth.client import _FormBody
+        from yadiskpush.httpclient import ImmediateBody
 
-        self.assertTrue(verifyObject(IBodyProducer, _FormBody("a=b")))
+        self.assertTrue(verifyObject(IBodyProducer, ImmediateBody("a=b")))

@@ -23,9 +23,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.integration.test_plugin import TwistdProcess, reapChild
 from yadiskpush.connection.tls import loadTrustRoot
+from yadiskpush.httpclient import VerifyingPolicy
 from yadiskpush.localserver.ca import CertificateAuthority
 from yadiskpush.localserver.oauth import OAuthStandIn, listenOAuth
-from yadiskpush.oauth.client import OAuthClient, OAuthError, VerifyingPolicy
+from yadiskpush.oauth.client import OAuthClient, OAuthError
 from yadiskpush.oauth.tokenfile import readTokenFile
 from yadiskpush.secret import Secret
 

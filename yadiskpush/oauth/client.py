@@ -39,21 +39,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
-    HTTPConnectionPool,
     ResponseDone,
     ResponseFailed,
 )
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
-from zope.interface import implementer
 
 from yadiskpush import __version__
 from yadiskpush.connection.tls import loadTrustRoot
 from yadiskpush.errors import ConfigurationError, YaDiskPushError
+from yadiskpush.httpclient import ImmediateBody, QuietPool, VerifyingPolicy
 from yadiskpush.oauth.loopback import isLoopbackHost
 from yadiskpush.secret import Secret
 
@@ -201,58 +198,6 @@ def checkURL(url: str, option: str) -> str:
     return url.rstrip("/")
 
 
-@implementer(IPolicyForHTTPS)
-class VerifyingPolicy:
-    """
-    TLS for the agent: the certificate must chain to ``trustRoot`` and name
-    the host dialled (Twisted's ``optionsForClientTLS``).
-    """
-
-    def __init__(self, trustRoot: Any) -> None:
-        self._trustRoot = trustRoot
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trustRoot)
-
-
-class _QuietPool(HTTPConnectionPool):
-    """
-    A pool whose connection factory does not log "Starting factory" and
-    "Stopping factory" at info for every request (the daemon refreshes in
-    the background; those lines would be its only noise). ``_factory`` is
-    Twisted's private hook for the factory class: if it goes away, the lines
-    come back and nothing else changes.
-    """
-
-    class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined,misc]
-        noisy = False
-
-
-@implementer(IBodyProducer)
-class _FormBody:
-    """
-    A small request body written at once: treq's default producer writes
-    through the global cooperator, off the injected reactor.
-    """
-
-    def __init__(self, data: str | bytes) -> None:
-        self._data = data.encode("ascii") if isinstance(data, str) else data
-        self.length = len(self._data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 _RESPONSE_DONE = Failure(ResponseDone())
 
 
@@ -355,9 +300,9 @@ class OAuthClient:
                 contextFactory=VerifyingPolicy(loadTrustRoot(caFile)),
                 connectTimeout=timeout,
                 # One request now and then: no idle connections to clean up.
-                pool=_QuietPool(reactor, persistent=False),
+                pool=QuietPool(reactor, persistent=False),
             )
-        self._http = HTTPClient(agent, data_to_body_producer=_FormBody)
+        self._http = HTTPClient(agent, data_to_body_producer=ImmediateBody)
 
     # -- requests ---------------------------------------------------------
 

@@ -26,12 +26,8 @@ from twisted.web.http import PotentialDataLoss
 from yadiskpush import __version__
 from yadiskpush.connection.tls import loadTrustRoot
 from yadiskpush.errors import ConfigurationError
-from yadiskpush.oauth.client import (
-    VerifyingPolicy,
-    _FormBody,
-    _QuietPool,
-    cleanServerText,
-)
+from yadiskpush.httpclient import ImmediateBody, QuietPool, VerifyingPolicy
+from yadiskpush.oauth.client import cleanServerText
 from yadiskpush.oauth.loopback import isLoopbackHost
 from yadiskpush.webhooks.retry import Outcome, classifyStatus, parseRetryAfter
 from yadiskpush.webhooks.signing import sign
@@ -175,11 +171,11 @@ class WebhookSender:
         self._secret = secret
         self._reactor = reactor
         self.timeout = timeout
-        self._pool: _QuietPool | None = None
+        self._pool: QuietPool | None = None
         if agent is None:
             # One request at a time to one host: one kept-alive connection
             # saves a TLS handshake per push.
-            self._pool = _QuietPool(reactor, persistent=True)
+            self._pool = QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = 1
             agent = Agent(
                 reactor,
@@ -187,7 +183,7 @@ class WebhookSender:
                 connectTimeout=timeout,
                 pool=self._pool,
             )
-        self._http = HTTPClient(agent, data_to_body_producer=_FormBody)
+        self._http = HTTPClient(agent, data_to_body_producer=ImmediateBody)
 
     def __repr__(self) -> str:
         return f"<WebhookSender {describeURL(self.url)}>"
