@@ -18,6 +18,7 @@ from typing import Any
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import Factory
 
 from tests.integration.redisserver import freePort, startRedis
 from tests.integration.test_accounts_plugin import AccountsTwistdTestCase, newToken
@@ -111,10 +112,7 @@ class FleetPluginTests(AccountsTwistdTestCase):
         entries = redis.xrange("changes")
         self.assertEqual(
             sorted((f["login"], f["id"]) for _, f in entries),
-            sorted(
-                (r.data["login"], r.data["id"])
-                for r in receiver.accepted
-            ),
+            sorted((r.data["login"], r.data["id"]) for r in receiver.accepted),
         )
         self.assertEqual(len(entries), 3)
         for _, fields in entries:
@@ -146,3 +144,22 @@ class FleetPluginTests(AccountsTwistdTestCase):
         )
         self.assertNotIn(SECRET.decode(), process.text())
         yield self.stopCleanly(process, transport)
+
+    @defer.inlineCallbacks
+    def test_metricsPortInUseExits78(self) -> Steps:
+        """A --metrics port another process holds: one line, exit status 78."""
+        server = yield self.startServer({"alice": newToken()})
+        path = self.writeAccounts({"alice": server.accounts["alice"]})
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        process, _ = self.spawnTwistd(
+            *self.args(server, path, f"--metrics=tcp:{port}:interface=127.0.0.1")
+        )
+        yield process.ended
+        self.assertEqual(process.exitCode, 78, process.text())
+        line = process.lineWith("cannot serve metrics on")
+        self.assertIsNotNone(line, process.text())
+        self.assertIn("address already in use", line or "")
+        self.assertIsNotNone(process.lineWith("Exiting with status 78"), process.text())
+        self.assertNotIn("Traceback", process.text())

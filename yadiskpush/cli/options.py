@@ -906,6 +906,7 @@ def withMetricsEndpoint(
     """
     from yadiskpush.application import EXIT_CONFIG
     from yadiskpush.errors import ServiceStopped
+    from yadiskpush.logs import Logger
     from yadiskpush.metrics import MetricsListenError, MetricsService
 
     top = service.MultiService()
@@ -916,8 +917,17 @@ def withMetricsEndpoint(
     def cannotServe(reason: Any) -> None:
         if reason.check(MetricsListenError):
             exitStatus.code = EXIT_CONFIG
+            log = Logger(namespace="yadiskpush")
+            log.error(
+                "Exiting with status 78 (EX_CONFIG): {problem}",
+                problem=str(reason.value),
+            )
+            # Listening fails at once, before the reactor runs, for a port
+            # in use: stop it as soon as it does.
             if reactor.running:
                 reactor.stop()
+            else:
+                reactor.callWhenRunning(reactor.stop)
             return None
         reason.trap(ServiceStopped)
         return None
