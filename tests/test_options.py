@@ -309,3 +309,125 @@ class ShardOptionTests(AccountsFileMixin, SynchronousTestCase):
         self.assertEqual(options.accounts, {})
         self.assertEqual(len(options.warnings), 1)
         self.assertIn(f"Shard {other}/2: none of the 1 accounts", options.warnings[0])
+
+
+class FleetOutputOptionTests(AccountsFileMixin, SynchronousTestCase):
+    """--redis, --webhook, --metrics: mistakes are usage errors before start."""
+
+    def setUp(self) -> None:
+        self.accounts = self.accountsFile(f"alice:{TOKEN}\n")
+
+    def webhookSecret(self, text: str = "whsec_" + "QUJD" * 8) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text + "\n")
+        os.chmod(path, 0o600)
+        return path
+
+    def test_redisPasswordInURLRefused(self) -> None:
+        """A password in --redis is refused, and not repeated."""
+        self.assertUsageError(
+            "--redis-password-file",
+            "--accounts",
+            self.accounts,
+            "--redis",
+            "redis://:hunter2secret@localhost:6379",
+        )
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--accounts", self.accounts, "--redis", "redis://:hunter2secret@x")
+        self.assertNotIn("hunter2secret", str(caught.exception))
+
+    def test_redisUserNeedsPassword(self) -> None:
+        """A user in the URL without --redis-password-file is refused."""
+        self.assertUsageError(
+            "give its password with --redis-password-file",
+            "--accounts",
+            self.accounts,
+            "--redis",
+            "redis://worker@localhost",
+        )
+
+    def test_redisDependentsNeedRedis(self) -> None:
+        """--redis-password-file and --redis-ca-file need --redis."""
+        path = self.webhookSecret()
+        for option in ("--redis-password-file", "--redis-ca-file"):
+            self.assertUsageError(
+                f"{option} needs --redis URL", "--accounts", self.accounts, option, path
+            )
+
+    def test_redisCAFileNeedsTLS(self) -> None:
+        """--redis-ca-file with a plain redis:// URL is a mistake."""
+        self.assertUsageError(
+            "use a rediss:// URL",
+            "--accounts",
+            self.accounts,
+            "--redis",
+            "redis://localhost",
+            "--redis-ca-file",
+            self.webhookSecret(),
+        )
+
+    def test_redisAccepted(self) -> None:
+        """A good --redis is parsed once, for the sink."""
+        options = parse(
+            "--accounts", self.accounts, "--redis", "rediss://cache.internal:6380/2"
+        )
+        self.assertEqual(
+            (options.redisAddress.host, options.redisAddress.port),
+            ("cache.internal", 6380),
+        )
+        self.assertTrue(options.redisAddress.tls)
+        self.assertEqual(options.redisAddress.db, 2)
+
+    def test_webhookNeedsSecret(self) -> None:
+        """--webhook without its secret file, and the other way round."""
+        self.assertUsageError(
+            "--webhook needs --webhook-secret-file",
+            "--accounts",
+            self.accounts,
+            "--webhook",
+            "https://hooks.example/disk",
+        )
+        self.assertUsageError(
+            "--webhook-secret-file needs --webhook URL",
+            "--accounts",
+            self.accounts,
+            "--webhook-secret-file",
+            self.webhookSecret(),
+        )
+
+    def test_webhookSecretChecked(self) -> None:
+        """A secret file that is not whsec_ and base64 is refused at once."""
+        with self.assertRaises(usage.UsageError):
+            parse(
+                "--accounts",
+                self.accounts,
+                "--state-dir",
+                self.mktemp(),
+                "--webhook",
+                "https://hooks.example/disk",
+                "--webhook-secret-file",
+                self.webhookSecret("not-a-secret"),
+            )
+
+    def test_webhookAccepted(self) -> None:
+        """A good secret is read once; the state directory is made for the journal."""
+        stateDir = self.mktemp()
+        options = parse(
+            "--accounts",
+            self.accounts,
+            "--state-dir",
+            stateDir,
+            "--webhook",
+            "https://hooks.example/disk",
+            "--webhook-secret-file",
+            self.webhookSecret(),
+        )
+        self.assertEqual(options.webhookSecret, b"ABC" * 8)
+        self.assertTrue(os.path.isdir(stateDir))
+
+    def test_metricsEndpointChecked(self) -> None:
+        """A --metrics that is not a server endpoint names the option."""
+        self.assertUsageError(
+            "--metrics", "--accounts", self.accounts, "--metrics", "nonsense:9108"
+        )
