@@ -397,3 +397,215 @@ class WebhookSinkTests(SynchronousTestCase):
         self.successResultOf(sink.close())
         self.failureResultOf(ack, DeliveryFailed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def push(stanzaId: str) -> Any:
+    """A notification for the login before the dash of ``stanzaId``."""
+    return notification(stanzaId=stanzaId, login=stanzaId.split("-")[0])
+
+
+class ConcurrentDeliveryTests(SynchronousTestCase):
+    """Up to ``concurrency`` POSTs at once, each login's in order."""
+
+    setUp = WebhookSinkTests.setUp
+    makeSink = WebhookSinkTests.makeSink
+    messages = WebhookSinkTests.messages
+
+    def release(self, endpoint: Endpoint, stanzaId: str, status: int = 200) -> None:
+        """Answer the held request carrying ``stanzaId`` with ``status``."""
+        for request in endpoint.held:
+            request.content.seek(0)
+            if json.loads(request.content.read())["data"]["id"] == stanzaId:
+                break
+        else:
+            self.fail(f"{stanzaId} is not held")
+        endpoint.held.remove(request)
+        request.setResponseCode(status)
+        request.finish()
+        self.agent.flush()
+
+    def test_loginsInParallelEachInOrder(self) -> None:
+        """Two logins' first pushes go out at once; each login's second
+        goes only once its first is accepted, whichever login answers first."""
+        endpoint = Endpoint([None] * 10)
+        sink = self.makeSink(endpoint)
+        acks = {
+            name: sink.deliver(push(name))
+            for name in ["alice-1", "alice-2", "bob-1", "bob-2", "carol-1"]
+        }
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1", "carol-1"])
+        self.assertEqual(sink.inFlight, 3)
+        self.assertEqual(sink.queueDepth, 5)
+        self.release(endpoint, "bob-1")
+        self.successResultOf(acks["bob-1"])
+        self.assertNoResult(acks["alice-1"])
+        self.assertEqual(endpoint.pushIds()[3:], ["bob-2"])
+        self.release(endpoint, "alice-1")
+        self.assertEqual(endpoint.pushIds()[4:], ["alice-2"])
+        for name in ["bob-2", "carol-1", "alice-2"]:
+            self.release(endpoint, name)
+        for ack in acks.values():
+            self.successResultOf(ack)
+        self.assertEqual(sink.queueDepth, 0)
+        self.assertEqual(sink.inFlight, 0)
+        self.successResultOf(sink.whenEmpty())
+
+    def test_heldFirstBlocksOnlyItsLogin(self) -> None:
+        """alice's held first push holds back her second, not bob's pushes."""
+        endpoint = Endpoint([None])
+        sink = self.makeSink(endpoint)
+        first = sink.deliver(push("alice-1"))
+        second = sink.deliver(push("alice-2"))
+        bobs = [sink.deliver(push("bob-1")), sink.deliver(push("bob-2"))]
+        for ack in bobs:
+            self.successResultOf(ack)
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1", "bob-2"])
+        self.assertNoResult(second)
+        self.assertEqual(sink.queueDepth, 2)
+        self.release(endpoint, "alice-1")
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(endpoint.pushIds()[3:], ["alice-2"])
+
+    def test_concurrencyCapsInFlight(self) -> None:
+        """No more than ``concurrency`` POSTs at once; a freed lane takes the
+        next push in line."""
+        endpoint = Endpoint([None] * 10)
+        sink = self.makeSink(endpoint, concurrency=3)
+        for login in ["a", "b", "c", "d", "e"]:
+            sink.deliver(push(f"{login}-1"))
+        self.assertEqual(endpoint.pushIds(), ["a-1", "b-1", "c-1"])
+        self.assertEqual(sink.inFlight, 3)
+        self.release(endpoint, "b-1")
+        self.assertEqual(endpoint.pushIds()[3:], ["d-1"])
+        self.assertEqual(sink.inFlight, 3)
+        self.assertEqual(sink.queueDepth, 4)
+
+    def test_concurrencyOneIsOneAtATime(self) -> None:
+        """With ``concurrency=1`` bob waits for alice: one at a time, in the
+        order handed over."""
+        endpoint = Endpoint([None])
+        sink = self.makeSink(endpoint, concurrency=1)
+        sink.deliver(push("alice-1"))
+        bob = sink.deliver(push("bob-1"))
+        self.assertEqual(endpoint.pushIds(), ["alice-1"])
+        self.assertNoResult(bob)
+        self.release(endpoint, "alice-1")
+        self.successResultOf(bob)
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1"])
+
+    def test_backoffStopsNewAttemptsFailedGoesFirst(self) -> None:
+        """After a 503 no new attempt starts until the backoff delay, though
+        a lane is free; the one in flight finishes; then the failed push is
+        tried first, ahead of those that came in during the backoff."""
+        endpoint = Endpoint([None, 503, None, None])
+        sink = self.makeSink(endpoint, concurrency=2)
+        alice = sink.deliver(push("alice-1"))
+        bob = sink.deliver(push("bob-1"))
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1"])
+        carol = sink.deliver(push("carol-1"))
+        sink.deliver(push("dave-1"))
+        self.release(endpoint, "alice-1")  # in flight: finishes
+        self.successResultOf(alice)
+        self.clock.advance(0.99)
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1"])
+        self.assertNoResult(carol)
+        self.clock.advance(0.01)  # the backoff's 1 s
+        self.assertEqual(endpoint.pushIds()[2:], ["bob-1", "carol-1"])
+        self.release(endpoint, "bob-1")
+        self.successResultOf(bob)
+        self.assertEqual(endpoint.pushIds()[4:], ["dave-1"])
+
+    def test_failuresInOneOutageShareTheBackoff(self) -> None:
+        """Several lanes failing in the same outage do not escalate the
+        backoff: one warning, one delay of the first step."""
+        endpoint = Endpoint([None, None, 503])
+        sink = self.makeSink(endpoint)
+        sink.deliver(push("alice-1"))
+        sink.deliver(push("bob-1"))
+        self.release(endpoint, "alice-1", 503)
+        self.release(endpoint, "bob-1", 503)
+        self.assertEqual(len(self.messages(LogLevel.warn)), 1)
+        self.clock.advance(1.0)  # the first step, not the second (2 s)
+        self.assertEqual(endpoint.pushIds()[2:], ["alice-1"])  # 503 again
+        self.clock.advance(2.0)  # the second step
+        self.assertEqual(endpoint.pushIds()[3:], ["alice-1", "bob-1"])
+        self.assertEqual(sink.queueDepth, 0)
+        self.assertIn("after 3 failed", self.messages(LogLevel.info)[0])
+
+    def test_journalReplayedInParallel(self) -> None:
+        """At start the journal's entries of several logins go out at once,
+        each login's in order, before a new push of theirs."""
+        old = [
+            Entry(1, encodeJSONLine(push("alice-1")), "alice"),
+            Entry(2, encodeJSONLine(push("alice-2")), "alice"),
+            Entry(3, encodeJSONLine(push("bob-1")), "bob"),
+        ]
+        endpoint = Endpoint([None] * 10)
+        sink = self.makeSink(endpoint, MemoryJournal(old))
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1"])
+        self.successResultOf(sink.deliver(push("bob-2")))  # journaled at once
+        self.assertEqual(self.journal.count, 4)
+        self.assertEqual(sink.queueDepth, 4)
+        self.release(endpoint, "bob-1")
+        self.release(endpoint, "alice-1")
+        self.assertEqual(endpoint.pushIds()[2:], ["bob-2", "alice-2"])
+        self.release(endpoint, "alice-2")
+        self.release(endpoint, "bob-2")
+        self.assertEqual(self.journal.count, 0)
+        self.assertEqual(sink.queueDepth, 0)
+
+    def test_closeWithSeveralInFlight(self) -> None:
+        """close() abandons every attempt in flight, refuses those pushes
+        and the ones waiting, keeps the journaled one, and leaves no timer."""
+        old = [Entry(1, encodeJSONLine(push("alice-1")), "alice")]
+        endpoint = Endpoint([None] * 10)
+        sink = self.makeSink(endpoint, MemoryJournal(old), concurrency=2)
+        self.journal.count = 0  # as if the rest had come before the outage
+        acks = [sink.deliver(push(n)) for n in ["alice-2", "bob-1", "carol-1"]]
+        self.journal.count = 1
+        self.assertEqual(sink.inFlight, 2)
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1"])
+        self.successResultOf(sink.close())
+        for ack in acks:
+            self.failureResultOf(ack, DeliveryFailed)
+        self.assertEqual(sink.inFlight, 0)
+        self.assertTrue(self.journal.closed)
+        self.assertEqual(self.journal.pushIds(), ["alice-1"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1"])
+
+    def test_goneWithSeveralInFlight(self) -> None:
+        """A 410 for one lane abandons the others' attempts and refuses
+        every push not journaled; nothing more is sent."""
+        endpoint = Endpoint([None, None, 410])
+        sink = self.makeSink(endpoint)
+        acks = [sink.deliver(push(n)) for n in ["alice-1", "bob-1", "alice-2"]]
+        carol = sink.deliver(push("carol-1"))
+        self.failureResultOf(carol, DeliveryFailed)
+        for ack in acks:
+            failure = self.failureResultOf(ack, DeliveryFailed)
+            self.assertIn("410 Gone", str(failure.value))
+        self.assertEqual(sink.inFlight, 0)
+        self.assertEqual(sink.queueDepth, 0)
+        self.clock.advance(1000)
+        self.assertEqual(endpoint.pushIds(), ["alice-1", "bob-1", "carol-1"])
+
+    def test_resentWhileInLineNotConcurrent(self) -> None:
+        """A push the server sends again while the first is in flight waits
+        behind it (same login) and is acked without a second POST."""
+        endpoint = Endpoint([None])
+        sink = self.makeSink(endpoint)
+        first = sink.deliver(push("alice-1"))
+        again = sink.deliver(push("alice-1"))
+        self.assertEqual(sink.inFlight, 1)
+        self.release(endpoint, "alice-1")
+        self.successResultOf(first)
+        self.successResultOf(again)
+        self.assertEqual(endpoint.pushIds(), ["alice-1"])
+        self.assertEqual(sink.queueDepth, 0)
+
+    def test_concurrencyAtLeastOne(self) -> None:
+        """A concurrency under 1 is a programming error, said at once."""
+        with self.assertRaises(ValueError):
+            self.makeSink(Endpoint(), concurrency=0)

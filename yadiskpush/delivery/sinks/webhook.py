@@ -1,13 +1,24 @@
 """
 POSTs each notification to a URL as a signed Standard Webhooks message,
-one at a time and in order, acknowledging a push once the endpoint has
-accepted it, or once it is journaled when the endpoint has not accepted it
-in time.
+up to ``concurrency`` at once and each account's in order, acknowledging
+a push once the endpoint has accepted it, or once it is journaled when the
+endpoint has not accepted it in time.
 
-**Order.** Deliveries go out one at a time, in the order the pushes were
-handed over (and the journal's entries, oldest first, before them): the
-simplest way to keep each account's notifications in order at the
-receiver. A push being retried holds back the ones behind it.
+**Order.** Each account's notifications reach the receiver in the order
+the pushes were handed over (the journal's entries, oldest first, before
+them): a push is sent only once every earlier push of the same login was
+accepted or refused for good, so one being retried holds back that
+account's later ones, and only those. Up to ``concurrency`` POSTs are in
+flight at once, for different accounts; across accounts, order is *not*
+kept (a receiver must not expect alice's push before bob's because it came
+in first). With ``concurrency=1`` deliveries go out one at a time in the
+order handed over, all accounts together.
+
+**Backoff.** An attempt that must be tried again (see below) stops new
+attempts, for every account, until its backoff delay has passed: an
+endpoint in trouble is not hammered by every lane. Attempts already in
+flight finish. Then the pushes that failed go first: they keep their place
+in line.
 
 **Acknowledgement.** A push is acknowledged once the endpoint answered 2xx.
 If that has not happened within ``handoffTimeout`` seconds (the endpoint is
@@ -23,12 +34,14 @@ exponential backoff and full jitter, for as long as it takes (nothing is
 dropped for an endpoint that is down). Any other 4xx: the receiver refused
 that message; it is logged as an error, naming the status and the
 ``webhook-id``, and dropped (acknowledged). 410 Gone: the endpoint asked
-for no more deliveries: nothing more is sent, every push is refused (so
-the server keeps it), and the journal is kept for the next start.
+for no more deliveries: nothing more is sent (the attempts in flight are
+abandoned), every push is refused (so the server keeps it), and the
+journal is kept for the next start.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -59,6 +72,10 @@ HANDOFF_MARGIN = 5.0
 #: the server sends again is acknowledged without a second POST.
 DEFAULT_REMEMBER = 100_000
 
+#: How many POSTs may be in flight at once by default: tens of pushes a
+#: second (a fleet of thousands of accounts) to a receiver 100 ms away.
+DEFAULT_CONCURRENCY = 8
+
 
 def handoffTimeoutFor(deliveryTimeout: float) -> float:
     """
@@ -73,7 +90,17 @@ def handoffTimeoutFor(deliveryTimeout: float) -> float:
 class _Item:
     """One push in line: its message, its ack, and its journal entry."""
 
-    __slots__ = ("message", "line", "ack", "timer", "entry", "entryId", "done")
+    __slots__ = (
+        "message",
+        "line",
+        "ack",
+        "timer",
+        "entry",
+        "entryId",
+        "done",
+        "seq",
+        "attempt",
+    )
 
     def __init__(
         self,
@@ -93,8 +120,16 @@ class _Item:
             None if entryId is None else defer.succeed(entryId)
         )
         self.entryId = entryId
-        #: Accepted, refused for good, or given up: no longer in line.
+        #: Accepted, refused for good, or given up: no longer waiting.
         self.done = False
+        #: Its place in line (``-1``: not lined up yet, during the start).
+        self.seq = -1
+        #: The attempt in flight, if any.
+        self.attempt: Deferred[Answer] | None = None
+
+    def __lt__(self, other: _Item) -> bool:
+        # For the heap of accounts' first pushes: the earlier in line first.
+        return self.seq < other.seq
 
 
 def _fire(d: Deferred[None] | None, result: Any = None) -> None:
@@ -143,6 +178,8 @@ class WebhookSink:
     :param log: the logger to use.
     :param retryPolicy: the backoff between attempts.
     :param agent: an ``IAgent`` to send with (tests).
+    :param concurrency: how many POSTs may be in flight at once (for
+        different accounts); 1 sends one at a time, in the order handed over.
     :raises ConfigurationError: for an unusable URL or CA file.
     """
 
@@ -163,7 +200,10 @@ class WebhookSink:
         agent: Any = None,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
         remember: int = DEFAULT_REMEMBER,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.sender = WebhookSender(url, secret, reactor, timeout, caFile, agent)
         self.url = describeURL(url)
         self.reactor = reactor
@@ -171,18 +211,33 @@ class WebhookSink:
         self.handoffTimeout = handoffTimeout
         self.retryPolicy = retryPolicy or RetryPolicy()
         self.closeGrace = closeGrace
+        self.concurrency = concurrency
         if log is not None:
             self._log = log
         #: Why deliveries stopped for good (410 Gone), or ``None``.
         self.stopped: str | None = None
-        self._items: deque[_Item] = deque()
+        # Pushes handed over before the journal's entries are lined up.
+        self._early: list[_Item] = []
+        # Each login's pushes still in line, in order: only the first may
+        # be in flight, the others wait for it.
+        self._lines: dict[str, deque[_Item]] = {}
+        # The first push of each login's line that is not in flight, the
+        # earliest in line on top: picking the next to send is O(log n).
+        # Items done meanwhile are skipped when they come up.
+        self._heads: list[_Item] = []
+        self._seq = 0
+        # Pushes waiting, in flight or journaled, not yet done.
+        self._depth = 0
+        self._attempts: dict[_Item, Deferred[Answer]] = {}
         self._starting: Deferred[None] | None = None
-        self._ready = False
+        self._started = False
         self._closing = False
         self._closed: Deferred[None] | None = None
-        self._attempt: Deferred[Answer] | None = None
         self._retryCall: IDelayedCall | None = None
+        # Backoff steps (one per outage round, not per lane that failed)
+        # and failed attempts (for the log).
         self._failures = 0
+        self._failedAttempts = 0
         self._journalingLogged = False
         self._emptyWaiters: list[Deferred[None]] = []
         # webhook-ids accepted or journaled, oldest first: a push the
@@ -197,16 +252,19 @@ class WebhookSink:
     @property
     def queueDepth(self) -> int:
         """Pushes held in memory or journaled, not yet accepted."""
-        # Only the first item can be done and still in line (given up on
-        # while it was being sent); every other is taken out at once.
-        return len(self._items) - (1 if self._items and self._items[0].done else 0)
+        return self._depth
+
+    @property
+    def inFlight(self) -> int:
+        """POSTs under way."""
+        return len(self._attempts)
 
     def whenEmpty(self) -> Deferred[None]:
         """
         Fires once no push is waiting for the endpoint (at once if none is):
         every push handed over so far was accepted or refused for good.
         """
-        if self.queueDepth == 0:
+        if self._depth == 0:
             return defer.succeed(None)
         d: Deferred[None] = Deferred()
         self._emptyWaiters.append(d)
@@ -253,14 +311,17 @@ class WebhookSink:
                 count=len(replayed),
                 url=self.url,
             )
-        self._items.extendleft(reversed(replayed))
-        self._ready = True
+        self._depth += len(replayed)
+        self._lineUp(replayed)
         if replayed:
             # Pushes handed over during the start wait behind the replay:
             # journal them now rather than at their handoff timeout.
-            for item in self._items:
+            for item in list(self._early):
                 if item.entry is None and not item.done:
                     self._journalItem(item)
+        self._lineUp(self._early)
+        self._early = []
+        self._started = True
         self._next()
 
     def _openFailed(self, reason: Failure) -> None:
@@ -270,8 +331,54 @@ class WebhookSink:
             error=reason.getErrorMessage(),
             url=self.url,
         )
-        self._ready = True
+        self._lineUp(self._early)
+        self._early = []
+        self._started = True
         self._next()
+
+    # -- the line ---------------------------------------------------------
+
+    def _lineUp(self, items: list[_Item]) -> None:
+        """Put ``items`` at the end of the line, in this order."""
+        for item in items:
+            if item.done:
+                continue
+            item.seq = self._seq
+            self._seq += 1
+            line = self._lines.get(item.message.login)
+            if line is None:
+                self._lines[item.message.login] = deque([item])
+                heapq.heappush(self._heads, item)
+            else:
+                line.append(item)
+
+    def _leaveLine(self, item: _Item) -> None:
+        """
+        Take ``item`` (done, not in flight) out of its login's line; the
+        next of that login may go.
+        """
+        login = item.message.login
+        line = self._lines.get(login)
+        if item.seq < 0 or line is None:
+            # Not lined up yet (during the start).
+            try:
+                self._early.remove(item)
+            except ValueError:
+                pass
+            return
+        if line[0] is item:
+            line.popleft()
+            if line:
+                heapq.heappush(self._heads, line[0])
+            else:
+                del self._lines[login]
+        else:
+            # Dropped from the middle (its journaling failed): one
+            # account's line, not the whole backlog.
+            try:
+                line.remove(item)
+            except ValueError:
+                pass
 
     # -- deliver ----------------------------------------------------------
 
@@ -299,8 +406,12 @@ class WebhookSink:
         if message.msgId in self._handedOver:
             return defer.succeed(None)
         item = _Item(message, line, Deferred())
-        self._items.append(item)
-        if self._ready and self.journal.count > 0:
+        self._depth += 1
+        if self._started:
+            self._lineUp([item])
+        else:
+            self._early.append(item)
+        if self._started and self.journal.count > 0:
             self._journalItem(item)
         else:
             item.timer = self.reactor.callLater(
@@ -361,7 +472,9 @@ class WebhookSink:
         entry.addCallbacks(journaled, failed)
 
     def _markDone(self, item: _Item) -> None:
-        item.done = True
+        if not item.done:
+            item.done = True
+            self._depth -= 1
         if item.timer is not None:
             item.timer.cancel()
             item.timer = None
@@ -369,44 +482,59 @@ class WebhookSink:
     def _drop(self, item: _Item) -> None:
         """Take ``item`` out of line (not delivered by this process)."""
         self._markDone(item)
-        if not (self._items and self._items[0] is item and self._attempt is not None):
-            try:
-                self._items.remove(item)
-            except ValueError:
-                pass
+        if item.attempt is None:
+            self._leaveLine(item)
+            self._next()
+        # Else it leaves the line once its attempt ends, holding back its
+        # login's later pushes until then (a late answer cannot overtake).
 
     # -- the delivery loop ------------------------------------------------
 
     def _next(self) -> None:
-        """Send the first push in line, unless something is under way."""
-        if (
-            not self._ready
-            or self._closing
-            or self.stopped is not None
-            or self._attempt is not None
-            or self._retryCall is not None
-        ):
+        """Send the first pushes in line whose login has none in flight."""
+        if not self._started or self._closing or self.stopped is not None:
             return
-        while self._items and self._items[0].done:
-            self._items.popleft()
-        if not self._items:
+        heads = self._heads
+        while (
+            heads
+            and self._retryCall is None
+            and len(self._attempts) < self.concurrency
+            and self.stopped is None
+            and not self._closing
+        ):
+            item = heapq.heappop(heads)
+            if item.done or item.attempt is not None:
+                continue
+            if item.entry is None and item.message.msgId in self._handedOver:
+                # A push the server sent again while the first was in line
+                # (ahead of it: same login), which is done now: accepted
+                # or refused. A journaled one is POSTed: its entry must go.
+                self._finish(item)
+                continue
+            attempt = self.sender.send(item.message.msgId, item.message.body)
+            item.attempt = attempt
+            self._attempts[item] = attempt
+            attempt.addCallbacks(
+                self._answered, self._attemptStopped, (item,), errbackArgs=(item,)
+            )
+        if self._depth == 0 and self._emptyWaiters:
             waiters, self._emptyWaiters = self._emptyWaiters, []
             for d in waiters:
                 d.callback(None)
-            return
-        item = self._items[0]
-        attempt = self.sender.send(item.message.msgId, item.message.body)
-        self._attempt = attempt
-        attempt.addCallbacks(self._answered, self._attemptStopped, (item,))
 
-    def _attemptStopped(self, reason: Failure) -> None:
-        # Cancelled by close(): the push stays journaled or unacknowledged.
-        self._attempt = None
+    def _attemptEnded(self, item: _Item) -> None:
+        item.attempt = None
+        self._attempts.pop(item, None)
+
+    def _attemptStopped(self, reason: Failure, item: _Item) -> None:
+        # Cancelled by close() or a 410: the push stays journaled or
+        # unacknowledged.
+        self._attemptEnded(item)
         reason.trap(defer.CancelledError)
 
     def _answered(self, answer: Answer, item: _Item) -> None:
-        self._attempt = None
-        if self._closing:
+        self._attemptEnded(item)
+        if self._closing or self.stopped is not None:
             # The agent may report a cancelled request as a failed one.
             return
         message = item.message
@@ -417,12 +545,33 @@ class WebhookSink:
             if item.done:
                 # Given up while sent (it could not be journaled): the
                 # server sends it again.
-                self._finish(item)
+                self._leaveLine(item)
                 self._next()
+                return
+            # It keeps its place: first of its login, and in line by seq.
+            heapq.heappush(self._heads, item)
+            self._failedAttempts += 1
+            if self._retryCall is not None and self._retryCall.active():
+                # Another lane failed in the same outage: the backoff under
+                # way holds this one too, unless its Retry-After is longer.
+                if answer.retryAfter is not None:
+                    delay = self.retryPolicy.delay(self._failures, answer.retryAfter)
+                    remaining = self._retryCall.getTime() - self.reactor.seconds()
+                    if delay > remaining:
+                        self._retryCall.reset(delay)
+                self._log.debug(
+                    "The webhook {url} did not accept {msgId} (notification "
+                    "{pushId} of {login}) either: {detail}",
+                    url=self.url,
+                    msgId=message.msgId,
+                    pushId=message.pushId,
+                    login=message.login,
+                    detail=answer.detail,
+                )
                 return
             self._failures += 1
             delay = self.retryPolicy.delay(self._failures, answer.retryAfter)
-            log = self._log.warn if self._failures == 1 else self._log.debug
+            log = self._log.warn if self._failedAttempts == 1 else self._log.debug
             log(
                 "The webhook {url} did not accept {msgId} (notification "
                 "{pushId} of {login}): {detail}; attempt {attempt} failed, "
@@ -432,19 +581,20 @@ class WebhookSink:
                 pushId=message.pushId,
                 login=message.login,
                 detail=answer.detail,
-                attempt=self._failures,
+                attempt=self._failedAttempts,
                 delay=delay,
             )
             self._retryCall = self.reactor.callLater(delay, self._retry)
             return
-        if self._failures:
+        if self._failedAttempts:
             self._log.info(
                 "The webhook {url} accepts notifications again, after {count} "
                 "failed attempt(s)",
                 url=self.url,
-                count=self._failures,
+                count=self._failedAttempts,
             )
             self._failures = 0
+            self._failedAttempts = 0
             self._journalingLogged = False
         if answer.outcome is Outcome.REJECTED:
             self._log.error(
@@ -473,13 +623,9 @@ class WebhookSink:
 
     def _finish(self, item: _Item) -> None:
         """``item`` is delivered (or refused for good): out of line, acked."""
-        if self._items and self._items[0] is item:
-            self._items.popleft()
         was = item.done
-        item.done = True
-        if item.timer is not None:
-            item.timer.cancel()
-            item.timer = None
+        self._markDone(item)
+        self._leaveLine(item)
         if was:
             return
         self._handOver(item)
@@ -504,21 +650,42 @@ class WebhookSink:
             error=reason.getErrorMessage(),
         )
 
-    def _stopForGood(self, answer: Answer) -> None:
-        self.stopped = (
-            f"the webhook {self.url} answered 410 Gone (it asked for no more "
-            "deliveries; fix --webhook and restart)"
-        )
+    def _allItems(self) -> list[_Item]:
+        """Every push in line or waiting for the start (close and 410)."""
+        items = list(self._early)
+        for line in self._lines.values():
+            items.extend(line)
+        return items
+
+    def _abandon(self, why: str) -> int:
+        """
+        Stop every attempt and refuse every push not journaled with
+        ``why``; journaled ones stay in the journal. Returns how many are
+        kept there.
+        """
+        if self._retryCall is not None:
+            if self._retryCall.active():
+                self._retryCall.cancel()
+            self._retryCall = None
+        for attempt in list(self._attempts.values()):
+            attempt.cancel()
         kept = 0
-        for item in list(self._items):
+        for item in self._allItems():
             if item.done:
                 continue
             if item.entry is not None:
                 kept += 1
                 continue
-            _fire(item.ack, Failure(DeliveryFailed(item.message.pushId, self.stopped)))
+            _fire(item.ack, Failure(DeliveryFailed(item.message.pushId, why)))
             self._markDone(item)
-        self._items = deque(item for item in self._items if not item.done)
+        return kept
+
+    def _stopForGood(self, answer: Answer) -> None:
+        self.stopped = (
+            f"the webhook {self.url} answered 410 Gone (it asked for no more "
+            "deliveries; fix --webhook and restart)"
+        )
+        kept = self._abandon(self.stopped)
         self._log.error(
             "The webhook {url} answered {detail}: it asked for no more deliveries. "
             "Nothing more is sent, and every push is refused (the server keeps "
@@ -533,31 +700,15 @@ class WebhookSink:
 
     def close(self) -> Deferred[None]:
         """
-        Stop delivering: the attempt under way is abandoned, pushes not yet
-        journaled are refused (the server sends them again), journaled ones
-        stay for the next start. Closes the journal, waiting at most
+        Stop delivering: the attempts under way are abandoned, pushes not
+        yet journaled are refused (the server sends them again), journaled
+        ones stay for the next start. Closes the journal, waiting at most
         ``closeGrace`` seconds. Never fails; calling it again waits for the
         same close.
         """
         if self._closed is None:
             self._closing = True
-            if self._retryCall is not None:
-                self._retryCall.cancel()
-                self._retryCall = None
-            if self._attempt is not None:
-                self._attempt.cancel()
-            for item in list(self._items):
-                if item.entry is None and not item.done:
-                    _fire(
-                        item.ack,
-                        Failure(
-                            DeliveryFailed(
-                                item.message.pushId, "the webhook sink is closing"
-                            )
-                        ),
-                    )
-                    self._markDone(item)
-            self._items = deque(item for item in self._items if not item.done)
+            self._abandon("the webhook sink is closing")
             self._closed = self._shutDown()
         d: Deferred[None] = Deferred()
         self._closed.addBoth(lambda _: d.callback(None))
