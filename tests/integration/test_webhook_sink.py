@@ -7,6 +7,7 @@ every signature with the docs' standard-library verifier.
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -18,8 +19,10 @@ from tests.test_webhook_signing import notification
 from yadiskpush.application import PushApplication
 from yadiskpush.delivery.journal import Journal
 from yadiskpush.delivery.sinks.webhook import WEBHOOK_JOURNAL_NAME, WebhookSink
+from yadiskpush.fleet import PushFleet
 from yadiskpush.localserver.ca import CertificateAuthority
 from yadiskpush.logs import Logger
+from yadiskpush.secret import Secret
 from yadiskpush.service import PushService
 from yadiskpush.webhooks.retry import RetryPolicy
 
@@ -157,6 +160,71 @@ class WebhookEndToEndTests(LocalServerTestCase):
         accepted = receiver.accepted
         self.assertEqual([r.data["id"] for r in accepted], [a["id"] for a in answers])
         self.assertEqual(accepted[0].headers["webhook-id"], sentIds[0])
+        self.assertEqual(journal.count, 0)
+
+
+class WebhookFleetTests(LocalServerTestCase):
+    """Several accounts' pushes to one receiver, in parallel lanes."""
+
+    @defer.inlineCallbacks
+    def test_accountsInParallelEachInOrder(self) -> Steps:
+        """
+        While alice's first push is held by the receiver (and journaled,
+        so her second comes in and waits behind it), bob's pushes are
+        accepted; once alice's first is, her second follows: each
+        account's notifications arrive in order, every push is acked once.
+        """
+        accounts = {n: "y0_" + secrets.token_urlsafe(16) for n in ("alice", "bob")}
+        server = yield self.startServer(accounts=accounts)
+        receiver = WebhookReceiver(SECRET)
+        receiver.script = [HOLD]
+        url = receiver.listen()
+        self.addCleanup(receiver.stop)
+        journal = Journal(os.path.join(self.directory, WEBHOOK_JOURNAL_NAME), reactor)
+        sink = WebhookSink(url, SECRET, reactor, journal, handoffTimeout=0.2)
+        fleet = PushFleet(
+            reactor,
+            host="localhost",
+            port=server.starttlsPort,
+            tlsPort=server.tlsPort,
+            caFile=self.caFile(server),
+            domain=server.domain,
+        )
+        fleet.apply({login: Secret(token) for login, token in accounts.items()})
+        app = PushApplication(fleet, [sink])
+        app.startService()
+        self.addCleanup(lambda: app.stopService() if app.running else None)
+        yield fleet.whenAllSettled()
+
+        def push(login: str, n: int) -> Any:
+            return server.push(login, {"t": "diff", "n": f"{login}-{n}"})
+
+        held = push("alice", 1)
+        yield receiver.whenRequests(1)
+        answer = yield held  # journaled after the handoff timeout, then acked
+        self.assertEqual(answer["type"], "result")
+        answer = yield push("alice", 2)  # journaled at once, behind alice-1
+        self.assertEqual(answer["type"], "result")
+        for n in (1, 2, 3):
+            answer = yield push("bob", n)
+            self.assertEqual(answer["type"], "result")
+        accepted = yield receiver.whenRequests(3, accepted=True)
+        self.assertEqual(
+            [r.data["attributes"]["n"] for r in accepted], ["bob-1", "bob-2", "bob-3"]
+        )
+        self.assertEqual(sink.queueDepth, 2)  # alice's two
+        self.assertEqual(sink.inFlight, 1)  # alice-1 only: alice-2 waits
+        self.assertEqual(
+            [r.data["attributes"]["n"] for r in receiver.requests],
+            ["alice-1", "bob-1", "bob-2", "bob-3"],
+        )
+        receiver.release(200)
+        yield sink.whenEmpty()
+        # alice-2 was sent only once alice-1 had been accepted.
+        order = [r.data["attributes"]["n"] for r in receiver.accepted]
+        self.assertEqual(order, ["alice-1", "bob-1", "bob-2", "bob-3", "alice-2"])
+        self.assertTrue(all(r.refused is None for r in receiver.requests))
+        self.assertEqual(sorted(server.acks.values()), [1] * 5)
         self.assertEqual(journal.count, 0)
 
 
