@@ -110,6 +110,7 @@ class _Item:
         entryId: int | None = None,
     ) -> None:
         self.message = message
+        #: The JSON line, for the journal (emptied once it is appended).
         self.line = line
         #: Fires once the push may be acknowledged (``None``: replayed).
         self.ack = ack
@@ -303,7 +304,8 @@ class WebhookSink:
                 )
                 self.journal.remove([entry.entryId]).addErrback(self._removeFailed)
                 continue
-            replayed.append(_Item(message, entry.line, entryId=entry.entryId))
+            # Journaled already: the line is not needed again, only the body.
+            replayed.append(_Item(message, b"", entryId=entry.entryId))
         if replayed:
             self._log.info(
                 "Delivering {count} notification(s) journaled before a restart "
@@ -441,6 +443,9 @@ class WebhookSink:
         message = item.message
         entry = self.journal.append(item.line, message.login)
         item.entry = entry
+        # Written once at most (a failure drops the push): after a long
+        # outage, the backlog in memory is the bodies alone.
+        item.line = b""
 
         def journaled(entryId: int) -> int:
             item.entryId = entryId
