@@ -431,3 +431,14 @@ class FleetOutputOptionTests(AccountsFileMixin, SynchronousTestCase):
         self.assertUsageError(
             "--metrics", "--accounts", self.accounts, "--metrics", "nonsense:9108"
         )
+
+    def test_webhookConcurrency(self) -> None:
+        """--webhook-concurrency takes a whole number of at least 1."""
+        with self.assertRaises(usage.UsageError):
+            parse("--accounts", self.accounts, "--webhook-concurrency", "0")
+        self.assertEqual(
+            parse("--accounts", self.accounts, "--webhook-concurrency", "3")[
+                "webhook-concurrency"
+            ],
+            3,
+        )

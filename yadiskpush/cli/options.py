@@ -346,6 +346,15 @@ class Options(usage.Options):
             "system's.",
         ],
         [
+            "webhook-concurrency",
+            None,
+            8,
+            "How many webhook POSTs may be under way at once, for different "
+            "accounts (each account's notifications stay in order; 1 keeps one "
+            "order across all accounts).",
+            _positiveInteger,
+        ],
+        [
             "webhook-timeout",
             None,
             15.0,
@@ -793,6 +802,7 @@ def buildWebhookSink(options: Options, reactor: Any) -> Any:
         _journalOf(options, reactor, WEBHOOK_JOURNAL_NAME),
         timeout=options["webhook-timeout"],
         handoffTimeout=handoffTimeoutFor(options["delivery-timeout"]),
+        concurrency=options["webhook-concurrency"],
         caFile=options["webhook-ca-file"]
         or caFileForOAuth(options["webhook"], options["ca-file"]),
     )
