@@ -6,6 +6,7 @@ not log every connection, and a request body written at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -69,4 +70,31 @@ class ImmediateBody:
         pass
 
 
-__all__ = ["ImmediateBody", "QuietPool", "VerifyingPolicy"]
+def cancelAfter(d: Deferred[Any], seconds: float, reactor: Any) -> Callable[[], bool]:
+    """
+    Cancel ``d`` if it has not fired within ``seconds``.
+
+    :returns: a function telling whether the time ran out, so that the
+        caller's errback can tell a timeout from another failure. Not
+        ``Deferred.addTimeout``: the agent reports a cancelled request as
+        ``ResponseNeverReceived``, not as the ``CancelledError`` that
+        ``addTimeout`` recognises.
+    """
+    timedOut: list[bool] = []
+
+    def timeUp() -> None:
+        timedOut.append(True)
+        d.cancel()
+
+    timer = reactor.callLater(seconds, timeUp)
+
+    def stopTimer(result: object) -> object:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    d.addBoth(stopTimer)
+    return lambda: bool(timedOut)
+
+
+__all__ = ["ImmediateBody", "QuietPool", "VerifyingPolicy", "cancelAfter"]

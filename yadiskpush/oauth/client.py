@@ -50,7 +50,12 @@ from twisted.web.http import PotentialDataLoss
 from yadiskpush import __version__
 from yadiskpush.connection.tls import loadTrustRoot
 from yadiskpush.errors import ConfigurationError, YaDiskPushError
-from yadiskpush.httpclient import ImmediateBody, QuietPool, VerifyingPolicy
+from yadiskpush.httpclient import (
+    ImmediateBody,
+    QuietPool,
+    VerifyingPolicy,
+    cancelAfter,
+)
 from yadiskpush.oauth.loopback import isLoopbackHost
 from yadiskpush.secret import Secret
 
@@ -336,25 +341,10 @@ class OAuthClient:
             return response.code, body
 
         d = Deferred.fromCoroutine(exchange())
-        # Not Deferred.addTimeout: the agent reports a cancelled request as
-        # ResponseNeverReceived, which that would not recognise.
-        timedOut: list[bool] = []
-
-        def timeUp() -> None:
-            timedOut.append(True)
-            d.cancel()
-
-        timer = self._reactor.callLater(self._timeout, timeUp)
-
-        def stopTimer(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d.addBoth(stopTimer)
+        timedOut = cancelAfter(d, self._timeout, self._reactor)
 
         def failed(failure: Failure) -> Failure:
-            if timedOut:
+            if timedOut():
                 raise OAuthError(
                     "timeout", f"{host} did not answer within {self._timeout:g} s"
                 )

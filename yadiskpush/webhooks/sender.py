@@ -26,7 +26,12 @@ from twisted.web.http import PotentialDataLoss
 from yadiskpush import __version__
 from yadiskpush.connection.tls import loadTrustRoot
 from yadiskpush.errors import ConfigurationError
-from yadiskpush.httpclient import ImmediateBody, QuietPool, VerifyingPolicy
+from yadiskpush.httpclient import (
+    ImmediateBody,
+    QuietPool,
+    VerifyingPolicy,
+    cancelAfter,
+)
 from yadiskpush.oauth.client import cleanServerText
 from yadiskpush.oauth.loopback import isLoopbackHost
 from yadiskpush.webhooks.retry import Outcome, classifyStatus, parseRetryAfter
@@ -228,21 +233,10 @@ class WebhookSender:
             return self._answer(response, text)
 
         d = Deferred.fromCoroutine(exchange())
-        timedOut: list[bool] = []
-
-        def timeUp() -> None:
-            timedOut.append(True)
-            d.cancel()
-
-        timer = self._reactor.callLater(self.timeout, timeUp)
-
-        def stopTimer(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
+        timedOut = cancelAfter(d, self.timeout, self._reactor)
 
         def failed(failure: Failure) -> Answer | Failure:
-            if timedOut:
+            if timedOut():
                 return Answer(
                     Outcome.RETRY,
                     None,
@@ -255,7 +249,7 @@ class WebhookSender:
                 Outcome.RETRY, None, None, _describeFailure(failure, self._host)
             )
 
-        return d.addBoth(stopTimer).addErrback(failed)
+        return d.addErrback(failed)
 
     def _answer(self, response: Any, body: bytes) -> Answer:
         status = int(response.code)
